@@ -1,0 +1,317 @@
+package data
+
+import (
+	"fmt"
+
+	"github.com/x448/float16"
+)
+
+// PosDim is the size of a region's location input [x1,y1,x2,y2,w,h,w*h].
+const PosDim = 7
+
+// BoxDim is the size of a stored norm_bb row [x1,y1,x2,y2,w,h].
+const BoxDim = 6
+
+// LabelDim is the detector's class count: 1600 Visual Genome classes plus
+// background at 0.
+const LabelDim = 1601
+
+// Example is one decoded input row: a token sequence and a set of regions,
+// with whatever targets its task needs. Per-region slices are row-major.
+type Example struct {
+	// ID is the txt_db example id.
+	ID string
+	// InputIDs is the full token sequence, specials included
+	// ([CLS] ... [SEP]); its length is the text length tl.
+	InputIDs []int32
+	// TxtTypeIDs gives each token's type; nil means all 0.
+	TxtTypeIDs []int32
+	// MLMLabels gives each token's MLM target, -1 where ignored; nil when
+	// the example has no MLM target.
+	MLMLabels []int32
+
+	// NBB is the number of regions.
+	NBB int
+	// ImgFeat holds NBB region features of the batch's feature size; masked
+	// regions are already zeroed.
+	ImgFeat []float32
+	// ImgPos holds NBB 7-d locations (see BoxPositions).
+	ImgPos []float32
+	// ImgTypeIDs gives each region's type; nil means all 1.
+	ImgTypeIDs []int32
+	// ImgMask marks masked regions; nil when no region is masked.
+	ImgMask []bool
+
+	// FeatTargets holds the original features of the masked regions, in
+	// region order (MRFR).
+	FeatTargets []float32
+	// MRCLabels holds argmax(soft_labels[1:])+1 of the masked regions (MRC);
+	// empty when the task needs no class targets.
+	MRCLabels []int32
+	// MRCSoft holds the LabelDim-wide soft labels of the masked regions
+	// (MRC-kl); empty likewise.
+	MRCSoft []float32
+
+	// Label is a per-example class: the ITM match label (1 match, 0 not) or
+	// a downstream task's class.
+	Label int32
+	// Targets is a per-example soft target vector (VQA answer scores); all
+	// examples of a batch must have the same length.
+	Targets []float32
+}
+
+// Batch is a collated, padded batch in the layout the model consumes. Text
+// is [B,Tmax], regions [B,Nmax], and the joint sequence the compact
+// [B,S] layout addressed by GatherIndex (UNITER_REFERENCE.md 1.5).
+type Batch struct {
+	B, Tmax, Nmax, S int
+	// ImgDim is the region feature size.
+	ImgDim int
+	// IDs are the example ids in row order.
+	IDs []string
+
+	// InputIDs [B*Tmax], padded with 0.
+	InputIDs []int32
+	// TxtTypeIDs [B*Tmax], padded with 0.
+	TxtTypeIDs []int32
+	// TxtLens are the text lengths, specials included.
+	TxtLens []int
+
+	// ImgFeat [B*Nmax*ImgDim], padded with 0.
+	ImgFeat []float32
+	// ImgPos [B*Nmax*7], padded with 0.
+	ImgPos []float32
+	// ImgTypeIDs [B*Nmax], padded with 0.
+	ImgTypeIDs []int32
+	// NBB are the region counts.
+	NBB []int
+	// ImgMasks [B*Nmax] marks masked regions; nil when the batch masks none.
+	ImgMasks []bool
+
+	// GatherIndex [B*S] maps compact joint positions to rows of the
+	// concatenation [text (Tmax); image (Nmax)].
+	GatherIndex []int32
+	// AttnLens are tl+nbb: the attended prefix of each compact row.
+	AttnLens []int
+
+	// MLMLabels [B*Tmax], -1 where ignored; nil when no example has MLM
+	// labels.
+	MLMLabels []int32
+	// ImgMaskTgt [B*S] marks masked regions in the compact layout; nil
+	// without ImgMasks. Its true positions, row-major, are in the order of
+	// the MRFR/MRC target rows.
+	ImgMaskTgt []bool
+	// MRFRTargets [NMasked*ImgDim]: original features of masked regions.
+	MRFRTargets []float32
+	// MRCLabels [NMasked]: MRC class targets; empty when the examples
+	// carried no soft labels.
+	MRCLabels []int32
+	// MRCSoft [NMasked*LabelDim]: soft labels for MRC-kl; empty likewise.
+	MRCSoft []float32
+	// NMasked is the number of masked regions.
+	NMasked int
+
+	// Labels [B]: per-example class labels (ITM, downstream tasks).
+	Labels []int32
+	// Targets [B*TargetDim]: per-example soft targets; nil when TargetDim is 0.
+	Targets   []float32
+	TargetDim int
+}
+
+// Collate pads examples into a batch. imgDim is the region feature size
+// every example's ImgFeat rows must have.
+func Collate(exs []*Example, imgDim int) (*Batch, error) {
+	if len(exs) == 0 {
+		return nil, fmt.Errorf("collate: empty batch")
+	}
+	if imgDim <= 0 {
+		return nil, fmt.Errorf("collate: image feature size %d", imgDim)
+	}
+	b := &Batch{B: len(exs), ImgDim: imgDim, TargetDim: len(exs[0].Targets)}
+	hasMLM, hasMask := false, false
+	for _, ex := range exs {
+		if err := ex.check(imgDim, b.TargetDim); err != nil {
+			return nil, err
+		}
+		b.Tmax = max(b.Tmax, len(ex.InputIDs))
+		b.Nmax = max(b.Nmax, ex.NBB)
+		b.S = max(b.S, len(ex.InputIDs)+ex.NBB)
+		hasMLM = hasMLM || ex.MLMLabels != nil
+		hasMask = hasMask || ex.ImgMask != nil
+		for _, m := range ex.ImgMask {
+			if m {
+				b.NMasked++
+			}
+		}
+	}
+	B, T, N, S := b.B, b.Tmax, b.Nmax, b.S
+	b.IDs = make([]string, B)
+	b.InputIDs = make([]int32, B*T)
+	b.TxtTypeIDs = make([]int32, B*T)
+	b.TxtLens = make([]int, B)
+	b.ImgFeat = make([]float32, B*N*imgDim)
+	b.ImgPos = make([]float32, B*N*PosDim)
+	b.ImgTypeIDs = make([]int32, B*N)
+	b.NBB = make([]int, B)
+	b.GatherIndex = make([]int32, B*S)
+	b.AttnLens = make([]int, B)
+	b.Labels = make([]int32, B)
+	if hasMLM {
+		b.MLMLabels = make([]int32, B*T)
+		for i := range b.MLMLabels {
+			b.MLMLabels[i] = -1
+		}
+	}
+	if hasMask {
+		b.ImgMasks = make([]bool, B*N)
+		b.ImgMaskTgt = make([]bool, B*S)
+		b.MRFRTargets = make([]float32, 0, b.NMasked*imgDim)
+		b.MRCLabels = make([]int32, 0, b.NMasked)
+		b.MRCSoft = make([]float32, 0, b.NMasked*LabelDim)
+	}
+	if b.TargetDim > 0 {
+		b.Targets = make([]float32, 0, B*b.TargetDim)
+	}
+	for i, ex := range exs {
+		tl, nbb := len(ex.InputIDs), ex.NBB
+		b.IDs[i] = ex.ID
+		b.TxtLens[i], b.NBB[i], b.AttnLens[i] = tl, nbb, tl+nbb
+		copy(b.InputIDs[i*T:], ex.InputIDs)
+		copy(b.TxtTypeIDs[i*T:], ex.TxtTypeIDs)
+		if ex.MLMLabels != nil {
+			copy(b.MLMLabels[i*T:], ex.MLMLabels)
+		}
+		copy(b.ImgFeat[i*N*imgDim:], ex.ImgFeat)
+		copy(b.ImgPos[i*N*PosDim:], ex.ImgPos)
+		imgTypes := b.ImgTypeIDs[i*N : i*N+nbb]
+		if ex.ImgTypeIDs != nil {
+			copy(imgTypes, ex.ImgTypeIDs)
+		} else {
+			for j := range imgTypes {
+				imgTypes[j] = 1
+			}
+		}
+		gi := b.GatherIndex[i*S : (i+1)*S]
+		for j := range gi {
+			gi[j] = int32(j)
+		}
+		for j := 0; j < nbb; j++ {
+			gi[tl+j] = int32(T + j)
+		}
+		if ex.ImgMask != nil {
+			copy(b.ImgMasks[i*N:], ex.ImgMask)
+			copy(b.ImgMaskTgt[i*S+tl:], ex.ImgMask)
+			b.MRFRTargets = append(b.MRFRTargets, ex.FeatTargets...)
+			b.MRCLabels = append(b.MRCLabels, ex.MRCLabels...)
+			b.MRCSoft = append(b.MRCSoft, ex.MRCSoft...)
+		}
+		b.Labels[i] = ex.Label
+		b.Targets = append(b.Targets, ex.Targets...)
+	}
+	if (len(b.MRCLabels) != 0 && len(b.MRCLabels) != b.NMasked) || (len(b.MRCSoft) != 0 && len(b.MRCSoft) != b.NMasked*LabelDim) {
+		return nil, fmt.Errorf("collate: region class targets for only some of the %d masked regions", b.NMasked)
+	}
+	return b, nil
+}
+
+// check validates the example's slice sizes against each other so that a
+// malformed example is an error naming it rather than a corrupt batch.
+func (ex *Example) check(imgDim, targetDim int) error {
+	tl, nbb := len(ex.InputIDs), ex.NBB
+	bad := func(what string, got, want int) error {
+		return fmt.Errorf("collate: example %q: %s has %d values, want %d", ex.ID, what, got, want)
+	}
+	switch {
+	case nbb < 0:
+		return fmt.Errorf("collate: example %q: negative region count %d", ex.ID, nbb)
+	case ex.TxtTypeIDs != nil && len(ex.TxtTypeIDs) != tl:
+		return bad("TxtTypeIDs", len(ex.TxtTypeIDs), tl)
+	case ex.MLMLabels != nil && len(ex.MLMLabels) != tl:
+		return bad("MLMLabels", len(ex.MLMLabels), tl)
+	case len(ex.ImgFeat) != nbb*imgDim:
+		return bad("ImgFeat", len(ex.ImgFeat), nbb*imgDim)
+	case len(ex.ImgPos) != nbb*PosDim:
+		return bad("ImgPos", len(ex.ImgPos), nbb*PosDim)
+	case ex.ImgTypeIDs != nil && len(ex.ImgTypeIDs) != nbb:
+		return bad("ImgTypeIDs", len(ex.ImgTypeIDs), nbb)
+	case len(ex.Targets) != targetDim:
+		return bad("Targets", len(ex.Targets), targetDim)
+	}
+	if ex.ImgMask == nil {
+		if len(ex.FeatTargets)+len(ex.MRCLabels)+len(ex.MRCSoft) != 0 {
+			return fmt.Errorf("collate: example %q: region targets without ImgMask", ex.ID)
+		}
+		return nil
+	}
+	masked := 0
+	for _, m := range ex.ImgMask {
+		if m {
+			masked++
+		}
+	}
+	switch {
+	case len(ex.ImgMask) != nbb:
+		return bad("ImgMask", len(ex.ImgMask), nbb)
+	case len(ex.FeatTargets) != masked*imgDim:
+		return bad("FeatTargets", len(ex.FeatTargets), masked*imgDim)
+	case len(ex.MRCLabels) != 0 && len(ex.MRCLabels) != masked:
+		return bad("MRCLabels", len(ex.MRCLabels), masked)
+	case len(ex.MRCSoft) != 0 && len(ex.MRCSoft) != masked*LabelDim:
+		return bad("MRCSoft", len(ex.MRCSoft), masked*LabelDim)
+	}
+	return nil
+}
+
+// AttnMask returns the [B*S] attention mask: 1 on each row's first AttnLens
+// positions, 0 after.
+func (b *Batch) AttnMask() []float32 {
+	m := make([]float32, b.B*b.S)
+	for i, n := range b.AttnLens {
+		for j := 0; j < n; j++ {
+			m[i*b.S+j] = 1
+		}
+	}
+	return m
+}
+
+// Tokens is the number of real (unpadded) joint positions.
+func (b *Batch) Tokens() int {
+	n := 0
+	for _, l := range b.AttnLens {
+		n += l
+	}
+	return n
+}
+
+// PadFrac is the fraction of the [B,S] joint slots that are padding.
+func (b *Batch) PadFrac() float64 {
+	if b.B*b.S == 0 {
+		return 0
+	}
+	return 1 - float64(b.Tokens())/float64(b.B*b.S)
+}
+
+// WithSpecials returns [CLS] ids [SEP].
+func WithSpecials(ids []int32, cls, sep int32) []int32 {
+	out := make([]int32, 0, len(ids)+2)
+	out = append(out, cls)
+	out = append(out, ids...)
+	return append(out, sep)
+}
+
+// BoxPositions turns n stored 6-d boxes [x1,y1,x2,y2,w,h] (fp16 values) into
+// the model's 7-d locations by appending the area w*h. The area is rounded
+// to fp16 because the original computes it on the fp16 tensor; the product
+// of two fp16 values is exact in float32, so one rounding reproduces it.
+func BoxPositions(normBB []float32, n int) ([]float32, error) {
+	if len(normBB) < n*BoxDim {
+		return nil, fmt.Errorf("norm_bb has %d values, want %d rows of %d", len(normBB), n, BoxDim)
+	}
+	out := make([]float32, n*PosDim)
+	for i := 0; i < n; i++ {
+		src, dst := normBB[i*BoxDim:(i+1)*BoxDim], out[i*PosDim:(i+1)*PosDim]
+		copy(dst, src)
+		dst[6] = float16.Fromfloat32(src[4] * src[5]).Float32()
+	}
+	return out, nil
+}
