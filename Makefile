@@ -1,0 +1,57 @@
+# uniter: see README.md. `make test` is the whole suite, `make demo` the
+# embedded default end to end on the CPU.
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+PY      ?= /usr/bin/python3
+
+.PHONY: all setup build test bench demo cuda cuda-check golden fmt vet clean
+
+all: build
+
+setup:
+	@./scripts/setup.sh
+
+build: setup
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/uniter ./cmd/uniter
+
+test: setup
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+
+# CPU benchmarks: Go micro-benchmarks, then the base model next to the
+# PyTorch reference on the same batch and threads (needs python3-torch).
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/compute/
+	bin/uniter bench --model base --device cpu --mode fwdbwd --batch 8 --txt-len 40 --nbb 50 --threads 2
+	-$(PY) scripts/bench_torch.py --mode fwdbwd --batch 8 --txt-len 40 --nbb 50 --threads 2 --steps 5
+
+demo: build
+	bin/uniter version
+	bin/uniter bench --model tiny --mode train --batch 16 --txt-len 24 --nbb 36 --steps 5
+
+# CUDA build: Debian's 11.8 toolkit (installed on demand).
+cuda:
+	@./scripts/setup.sh cuda
+	$(MAKE) -C kernels
+	$(GO) build -tags cuda -ldflags "$(LDFLAGS)" -o bin/uniter ./cmd/uniter
+
+# What CI checks of the CUDA path: every kernel compiles, vet and build pass.
+cuda-check:
+	@./scripts/setup.sh cuda
+	@if ls kernels/*.cu >/dev/null 2>&1; then $(MAKE) -C kernels; else echo "cuda-check: no kernels yet"; fi
+	$(GO) vet -tags cuda ./...
+	$(GO) build -tags cuda -o /dev/null ./cmd/uniter
+
+# Regenerate the golden data from the PyTorch reference (python3-torch).
+golden:
+	$(PY) scripts/gen_golden.py
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin runs

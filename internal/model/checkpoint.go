@@ -1,0 +1,175 @@
+package model
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"uniter/internal/ckpt"
+	"uniter/internal/compute"
+)
+
+// Our checkpoint directory holds the weights under their official names
+// and the model config, so it loads without --model-config.
+const (
+	WeightsFile = "model.safetensors"
+	ConfigFile  = "model.json"
+	metaConfig  = "uniter_model_config"
+)
+
+// LoadReport says what a checkpoint load did not match. Neither list is an
+// error: the reference only logs them (task models keep random heads,
+// pretraining heads are ignored by task models).
+type LoadReport struct {
+	Unexpected []string // keys in the file the model has no parameter for
+	Missing    []string // non-backbone parameters the file lacks (left as initialised)
+}
+
+// String is the one-line summary the CLI prints.
+func (r LoadReport) String() string {
+	var parts []string
+	if n := len(r.Unexpected); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d unexpected keys ignored (%s)", n, firstNames(r.Unexpected)))
+	}
+	if n := len(r.Missing); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d head parameters not in the checkpoint, randomly initialised (%s)", n, firstNames(r.Missing)))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func firstNames(names []string) string {
+	if len(names) > 3 {
+		return strings.Join(names[:3], ", ") + ", ..."
+	}
+	return strings.Join(names, ", ")
+}
+
+// CanonicalKey maps the spellings found in official and older checkpoints
+// onto our parameter names: gamma/beta -> weight/bias, the legacy "bert."
+// prefix and prefix-less backbone keys -> "uniter.".
+func CanonicalKey(k string) string {
+	if strings.HasSuffix(k, ".gamma") {
+		k = strings.TrimSuffix(k, ".gamma") + ".weight"
+	} else if strings.HasSuffix(k, ".beta") {
+		k = strings.TrimSuffix(k, ".beta") + ".bias"
+	}
+	if rest, ok := strings.CutPrefix(k, "bert."); ok {
+		k = "uniter." + rest
+	}
+	for _, p := range []string{"embeddings.", "img_embeddings.", "encoder.", "pooler."} {
+		if strings.HasPrefix(k, p) {
+			return "uniter." + k
+		}
+	}
+	return k
+}
+
+// LoadStateDict copies a checkpoint's tensors into the model's parameters
+// (backbone and any registered heads). A shape mismatch or a missing
+// backbone parameter is an error naming source and key.
+func (m *Model) LoadStateDict(sd *ckpt.StateDict, source string) (LoadReport, error) {
+	var rep LoadReport
+	loaded := map[*Param]string{}
+	for _, key := range sd.Keys {
+		t := sd.Tensors[key]
+		name := CanonicalKey(key)
+		p := m.Params.Get(name)
+		if p == nil {
+			rep.Unexpected = append(rep.Unexpected, key)
+			continue
+		}
+		if t.Float == nil {
+			return rep, fmt.Errorf("checkpoint %s: key %q: dtype %s, want a floating-point tensor", source, key, t.DType)
+		}
+		if !compute.SameShape(t.Shape, p.Shape) {
+			return rep, fmt.Errorf("checkpoint %s: key %q: shape %v, model expects %v", source, key, t.Shape, p.Shape)
+		}
+		// A tied weight is stored twice; the canonical name wins.
+		if prev, done := loaded[p]; done && prev == p.Name {
+			continue
+		}
+		m.be.Copy(p.W, m.be.FromF32(t.Float, p.Shape...))
+		loaded[p] = name
+	}
+	for _, p := range m.Params.List() {
+		if _, ok := loaded[p]; ok {
+			continue
+		}
+		if strings.HasPrefix(p.Name, "uniter.") {
+			return rep, fmt.Errorf("checkpoint %s: missing backbone parameter %q", source, p.Name)
+		}
+		rep.Missing = append(rep.Missing, p.Name)
+	}
+	return rep, nil
+}
+
+// StateDict returns the model's weights under their canonical names, each
+// tied weight once (our format; the loader restores the aliases).
+func (m *Model) StateDict() *ckpt.StateDict {
+	sd := &ckpt.StateDict{Tensors: map[string]*ckpt.Tensor{}}
+	for _, p := range m.Params.List() {
+		sd.Keys = append(sd.Keys, p.Name)
+		sd.Tensors[p.Name] = &ckpt.Tensor{Shape: append([]int(nil), p.Shape...), DType: "float32", Float: m.be.ToF32(p.W)}
+	}
+	return sd
+}
+
+// Save writes a checkpoint directory (weights + config) atomically: it is
+// built beside dir under a temporary name and renamed into place, so a crash
+// never leaves a directory that looks complete but is not.
+func (m *Model) Save(dir string) error {
+	parent := filepath.Dir(dir)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return fmt.Errorf("save checkpoint %s: %w", dir, err)
+	}
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp-")
+	if err != nil {
+		return fmt.Errorf("save checkpoint %s: %w", dir, err)
+	}
+	defer os.RemoveAll(tmp)
+	cfg := m.Cfg.JSON()
+	if err := ckpt.WriteSafetensors(filepath.Join(tmp, WeightsFile), m.StateDict(), map[string]string{metaConfig: string(cfg)}); err != nil {
+		return fmt.Errorf("save checkpoint %s: %w", dir, err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, ConfigFile), cfg, 0o644); err != nil {
+		return fmt.Errorf("save checkpoint %s: %w", dir, err)
+	}
+	// An existing checkpoint is moved aside, not deleted, until the new one
+	// is in place.
+	old := tmp + ".old"
+	if err := os.Rename(dir, old); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("save checkpoint %s: replace old: %w", dir, err)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return fmt.Errorf("save checkpoint %s: %w", dir, err)
+	}
+	return os.RemoveAll(old)
+}
+
+// ReadCheckpoint reads an official PyTorch checkpoint file or one of our
+// checkpoint directories. The config is returned when the checkpoint
+// carries one (our directories do; official .pt files do not).
+func ReadCheckpoint(path string) (*ckpt.StateDict, *Config, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	if !st.IsDir() {
+		sd, err := ckpt.ReadTorch(path)
+		return sd, nil, err
+	}
+	sd, meta, err := ckpt.ReadSafetensors(filepath.Join(path, WeightsFile))
+	if err != nil {
+		return nil, nil, err
+	}
+	js, ok := meta[metaConfig]
+	if !ok {
+		return sd, nil, nil
+	}
+	c, err := ParseConfig([]byte(js))
+	if err != nil {
+		return nil, nil, fmt.Errorf("checkpoint %s: embedded model config: %w", path, err)
+	}
+	return sd, &c, nil
+}
