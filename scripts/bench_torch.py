@@ -8,7 +8,8 @@ This is the counterpart of `uniter bench`:
     (counting [CLS]/[SEP]) and --nbb regions, so S = txt_len + nbb and
     gather_index is the compact joint layout of spec 1.5 (here an identity);
     image inputs without img_masks;
-  * --mode fwd: eval mode (dropout off) under torch.no_grad();
+  * --mode fwd: eval mode (dropout off) under torch.no_grad(), plus the
+    pooler (negligible; the Go forward computes it too);
   * --mode fwdbwd: train mode (dropout on), forward + backward of
     sum(sequence_output * R) with a fixed random R [B,S,H] -- the same work
     as `uniter bench --mode fwdbwd` (gradients of all backbone parameters and
@@ -18,7 +19,9 @@ Config preset base: H 768, L 12, A 12, I 3072, vocab 28996, img_dim 2048.
 Prints one JSON line, e.g.
   {"impl":"pytorch","torch":"1.13.0","threads":2,"mode":"fwdbwd","batch":8,
    "txt_len":40,"nbb":50,"ms_per_step":...,...}
-ms_per_step is the median over --steps timed steps after --warmup steps.
+ms_per_step is the median over --steps timed steps after --warmup steps;
+gflops / tflops_per_s use the FLOP count of cmd/uniter/bench.go
+(forwardFLOPs, x3 for fwdbwd).
 """
 import argparse
 import json
@@ -32,6 +35,19 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from uniter_ref import (UniterConfig, UniterModel, boxes_7d,  # noqa: E402
                         build_joint_layout)
+
+
+def forward_flops(cfg, b, t, n):
+    """Matmul + attention FLOPs of one forward, as forwardFLOPs in
+    cmd/uniter/bench.go (fwdbwd counts 3x)."""
+    h, i = float(cfg.hidden_size), float(cfg.intermediate_size)
+    s = float(t + n)
+    tokens = b * s
+    f = 2.0 * b * n * (cfg.img_dim * h + 7 * h)
+    f += cfg.num_hidden_layers * (2 * tokens * (4 * h * h + 2 * h * i)
+                                  + 4 * b * s * s * h)
+    f += 2.0 * b * h * h
+    return f
 
 
 def main():
@@ -73,9 +89,10 @@ def main():
     def step():
         if args.mode == "fwd":
             with torch.no_grad():
-                model(input_ids, position_ids, img_feat, img_pos_feat,
-                      attn_masks, gather_index,
-                      output_all_encoded_layers=False)
+                seq = model(input_ids, position_ids, img_feat, img_pos_feat,
+                            attn_masks, gather_index,
+                            output_all_encoded_layers=False)
+                model.pooler(seq)
         else:
             model.zero_grad(set_to_none=True)
             seq = model(input_ids, position_ids, img_feat, img_pos_feat,
@@ -92,6 +109,7 @@ def main():
         step()
         times.append((time.perf_counter() - t0) * 1e3)
     med = statistics.median(times)
+    flops = forward_flops(cfg, B, T, N) * (1 if args.mode == "fwd" else 3)
     print(json.dumps({
         "impl": "pytorch",
         "torch": torch.__version__,
@@ -108,6 +126,8 @@ def main():
         "ms_min": round(min(times), 3),
         "ms_mean": round(statistics.mean(times), 3),
         "tokens_per_s": round(B * S / (med / 1e3), 1),
+        "gflops": round(flops / 1e9, 3),
+        "tflops_per_s": round(flops / (med / 1e3) / 1e12, 5),
     }))
 
 
