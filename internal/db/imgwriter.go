@@ -1,0 +1,181 @@
+package db
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/x448/float16"
+
+	"uniter/internal/lmdb"
+)
+
+// RawImage is one image's detector output in fp16, as the BUTD extractor
+// writes it: N regions sorted by confidence.
+type RawImage struct {
+	// N is the number of regions, D the feature size, L the number of
+	// soft-label classes (0 when SoftLabels is nil).
+	N, D, L int
+	// Features is [N, D] row-major.
+	Features []float16.Float16
+	// NormBB is [N, 6]: x1, y1, x2, y2, w, h normalised by image size.
+	NormBB []float16.Float16
+	// Conf is [N] detection confidences.
+	Conf []float16.Float16
+	// SoftLabels is [N, L], or nil.
+	SoftLabels []float16.Float16
+}
+
+func (r *RawImage) validate() error {
+	if r.N <= 0 || r.D <= 0 {
+		return fmt.Errorf("need at least one region and feature, got N=%d D=%d", r.N, r.D)
+	}
+	for _, c := range []struct {
+		name string
+		got  int
+		want int
+	}{{"features", len(r.Features), r.N * r.D}, {"norm_bb", len(r.NormBB), r.N * 6}, {"conf", len(r.Conf), r.N}, {"soft_labels", len(r.SoftLabels), r.N * r.L}} {
+		if c.got != c.want {
+			return fmt.Errorf("%s has %d values, want %d (N=%d D=%d L=%d)", c.name, c.got, c.want, r.N, r.D, r.L)
+		}
+	}
+	return nil
+}
+
+// f16Array packs the first rows of a [*, cols] fp16 matrix into an Array.
+func f16Array(v []float16.Float16, rows, cols int) Array {
+	data := make([]byte, 2*rows*cols)
+	for i := range rows * cols {
+		binary.LittleEndian.PutUint16(data[2*i:], v[i].Bits())
+	}
+	return Array{Dtype: "<f2", Shape: []int{rows, cols}, Data: data}
+}
+
+// ImgWriter builds an img_db. It is not safe for concurrent use.
+type ImgWriter struct {
+	dir        string
+	path       string
+	opts       ImgDBOptions
+	layout     layoutKind
+	compressed bool
+	env        *lmdb.Env
+	names      []string
+	name2nbb   map[string]int
+	closed     bool
+}
+
+// CreateImgDB creates an img_db in dir with the layout opts select:
+// feat_th{conf}_max{max}_min{min} (regions truncated to nbb, plus the nbb
+// json), feat_numbb{n} when ConfTh is -1 (exactly NumBB regions), or "all"
+// with KeepAll (every region); "_compressed" with npz values when
+// compressed. The LMDB sub-directory must not exist yet.
+func CreateImgDB(dir string, opts ImgDBOptions, compressed bool) (*ImgWriter, error) {
+	w := &ImgWriter{dir: dir, opts: opts, layout: opts.writeLayout(), compressed: compressed, name2nbb: map[string]int{}}
+	sub := opts.layoutName(w.layout)
+	if compressed {
+		sub += "_compressed"
+	}
+	w.path = filepath.Join(dir, sub)
+	if _, err := os.Stat(filepath.Join(w.path, "data.mdb")); err == nil {
+		return nil, fmt.Errorf("img_db %s: already holds a db (data.mdb)", w.path)
+	}
+	env, err := lmdb.Create(w.path, lmdb.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("img_db %s: %w", dir, err)
+	}
+	w.env = env
+	return w, nil
+}
+
+// Path returns the LMDB sub-directory being written.
+func (w *ImgWriter) Path() string { return w.path }
+
+// Put stores image fname, keeping the regions the layout asks for, and
+// returns that number of regions (the nbb).
+func (w *ImgWriter) Put(fname string, raw RawImage) (int, error) {
+	errorf := func(format string, args ...any) error {
+		return fmt.Errorf("img_db %s: key %q: %s", w.path, fname, fmt.Sprintf(format, args...))
+	}
+	if w.closed {
+		return 0, errorf("writer closed")
+	}
+	if fname == "" || fname == keysKey {
+		return 0, errorf("not an image name")
+	}
+	if _, dup := w.name2nbb[fname]; dup {
+		return 0, errorf("duplicate image name")
+	}
+	if err := raw.validate(); err != nil {
+		return 0, errorf("%v", err)
+	}
+	if w.opts.ImgDim > 0 && raw.D != w.opts.ImgDim {
+		return 0, errorf("feature size %d, want %d", raw.D, w.opts.ImgDim)
+	}
+	conf := f16Array(raw.Conf, raw.N, 1)
+	var nbb int
+	switch w.layout {
+	case layoutTh:
+		n, err := CountNBB(conf, w.opts)
+		if err != nil {
+			return 0, errorf("conf: %v", err)
+		}
+		// The official converter stores arr[:nbb], which is every row when
+		// the image has fewer than min_bb; record what is stored.
+		nbb = min(n, raw.N)
+	case layoutNumBB:
+		if raw.N < w.opts.NumBB {
+			return 0, errorf("%d regions, fewer than num_bb %d", raw.N, w.opts.NumBB)
+		}
+		nbb = w.opts.NumBB
+	default:
+		nbb = raw.N
+	}
+	arrays := map[string]Array{
+		"norm_bb":  f16Array(raw.NormBB, nbb, 6),
+		"features": f16Array(raw.Features, nbb, raw.D),
+		"conf":     f16Array(raw.Conf, nbb, 1),
+	}
+	if raw.SoftLabels != nil {
+		arrays["soft_labels"] = f16Array(raw.SoftLabels, nbb, raw.L)
+	}
+	val, err := EncodeImgValue(arrays, w.compressed)
+	if err != nil {
+		return 0, errorf("%v", err)
+	}
+	if err := w.env.Put([]byte(fname), val); err != nil {
+		return 0, fmt.Errorf("img_db %s: %w", w.dir, err)
+	}
+	w.names = append(w.names, fname)
+	w.name2nbb[fname] = nbb
+	return nbb, nil
+}
+
+// Close stores __keys__ (every name, in put order), commits the LMDB
+// environment and, for the feat_th layout, writes the nbb json atomically.
+// The "all" layout gets no nbb json: the official reader takes its presence
+// to mean a feat_th sub-directory exists.
+func (w *ImgWriter) Close() error {
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	keys, err := json.Marshal(append([]string{}, w.names...))
+	if err != nil {
+		return fmt.Errorf("img_db %s: %w", w.path, err)
+	}
+	if err := w.env.Put([]byte(keysKey), keys); err != nil {
+		w.env.Close()
+		return fmt.Errorf("img_db %s: %w", w.path, err)
+	}
+	if err := w.env.Close(); err != nil {
+		return fmt.Errorf("img_db %s: %w", w.path, err)
+	}
+	if w.layout == layoutTh {
+		if err := writeJSONAtomic(filepath.Join(w.dir, w.opts.NBBFile()), w.name2nbb); err != nil {
+			return fmt.Errorf("img_db %s: %w", w.dir, err)
+		}
+	}
+	return nil
+}
