@@ -63,18 +63,21 @@ func loadExpected(t testing.TB) (txt map[string]any, img map[string]map[string]i
 
 // jsonable renders a decoded value the way make_db_fixtures.py renders
 // Python's: bytes as {"__bytes__": hex}, long integer lists hashed.
-func jsonable(v any) any {
+func jsonable(v any) any { return render(v, true) }
+
+// render is jsonable with the hashing of long integer lists optional.
+func render(v any, hashLong bool) any {
 	switch v := v.(type) {
 	case []byte:
 		return map[string]any{"__bytes__": hex.EncodeToString(v)}
 	case map[string]any:
 		out := map[string]any{}
 		for k, x := range v {
-			out[k] = jsonable(x)
+			out[k] = render(x, hashLong)
 		}
 		return out
 	case []any:
-		if len(v) > 64 {
+		if hashLong && len(v) > 64 {
 			parts := make([]string, 0, len(v))
 			for _, x := range v {
 				n, ok := x.(int64)
@@ -90,7 +93,7 @@ func jsonable(v any) any {
 		}
 		out := make([]any, len(v))
 		for i, x := range v {
-			out[i] = jsonable(x)
+			out[i] = render(x, hashLong)
 		}
 		return out
 	}

@@ -93,7 +93,8 @@ func CreateImgDB(dir string, opts ImgDBOptions, compressed bool) (*ImgWriter, er
 func (w *ImgWriter) Path() string { return w.path }
 
 // Put stores image fname, keeping the regions the layout asks for, and
-// returns that number of regions (the nbb).
+// returns how many it stored: the nbb for feat_th and feat_numbb, every
+// region for "all".
 func (w *ImgWriter) Put(fname string, raw RawImage) (int, error) {
 	errorf := func(format string, args ...any) error {
 		return fmt.Errorf("img_db %s: key %q: %s", w.path, fname, fmt.Sprintf(format, args...))
