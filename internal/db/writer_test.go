@@ -2,6 +2,7 @@ package db
 
 import (
 	"encoding/json"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -10,8 +11,19 @@ import (
 	"sort"
 	"testing"
 
+	"github.com/vmihailenco/msgpack/v5"
 	"github.com/x448/float16"
 )
+
+func newRand() *rand.Rand { return rand.New(rand.NewPCG(1, 2)) }
+
+// newTestEncoder is a msgpack encoder set up as Python's msgpack packs.
+func newTestEncoder(w io.Writer) *msgpack.Encoder {
+	enc := msgpack.NewEncoder(w)
+	enc.UseCompactInts(true)
+	enc.SetSortMapKeys(true)
+	return enc
+}
 
 // randRaw makes a detector dump with n regions sorted by confidence, nHigh
 // of them above 0.2.
@@ -159,7 +171,7 @@ func imgCases() []imgCase {
 // imgRaws: a (12 high of 14), b (3 high of 16: min_bb), c (110 high of 120:
 // max_bb), d (no soft labels; 6 high of 11: min_bb).
 func imgRaws() map[string]RawImage {
-	rng := rand.New(rand.NewPCG(1, 2))
+	rng := newRand()
 	return map[string]RawImage{
 		"a.npz": randRaw(rng, 14, 16, 5, 12),
 		"b.npz": randRaw(rng, 16, 16, 5, 3),
