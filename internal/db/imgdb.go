@@ -183,6 +183,11 @@ func OpenImgDB(dir string, opts ImgDBOptions) (*ImgDB, error) {
 			if err := json.Unmarshal(b, &d.name2nbb); err != nil {
 				return nil, fmt.Errorf("img_db %s: %s: %w", dir, nbbPath, err)
 			}
+			for name, n := range d.name2nbb {
+				if n < 0 {
+					return nil, fmt.Errorf("img_db %s: %s: image %q has negative nbb %d", dir, nbbPath, name, n)
+				}
+			}
 		case !errors.Is(err, os.ErrNotExist):
 			return nil, fmt.Errorf("img_db %s: %w", dir, err)
 		}
@@ -295,11 +300,13 @@ func (d *ImgDB) NBB(fname string) (int, error) {
 	if n, ok := d.knownNBB(fname); ok {
 		return n, nil
 	}
-	arrays, err := d.load(fname, []string{"conf"})
-	if err != nil {
-		return 0, err
-	}
-	return d.computeNBB(fname, arrays)
+	var n int
+	err := d.view(fname, []string{"conf"}, func(arrays map[string]Array) error {
+		var err error
+		n, err = d.computeNBB(fname, arrays)
+		return err
+	})
+	return n, err
 }
 
 func (d *ImgDB) knownNBB(fname string) (int, bool) {
@@ -355,29 +362,38 @@ func (d *ImgDB) errorf(fname, format string, args ...any) error {
 	return fmt.Errorf("img_db %s: key %q: %s", d.path, fname, fmt.Sprintf(format, args...))
 }
 
-// load reads and decodes fname's value; want limits which arrays are
-// decoded from an npz (nil: all).
-func (d *ImgDB) load(fname string, want []string) (map[string]Array, error) {
+// view decodes fname's value in place in the memory map and calls fn with
+// its arrays, whose data is valid only during fn; want limits which arrays
+// are decoded from an npz (nil: all).
+func (d *ImgDB) view(fname string, want []string, fn func(map[string]Array) error) error {
 	if fname == "" || fname == keysKey {
-		return nil, d.errorf(fname, "not an image name")
+		return d.errorf(fname, "not an image name")
 	}
-	b, err := d.env.Get([]byte(fname))
-	if errors.Is(err, lmdb.ErrNotFound) {
-		return nil, d.errorf(fname, "image not in db")
+	var decodeErr, fnErr error
+	err := d.env.View([]byte(fname), func(b []byte) error {
+		var arrays map[string]Array
+		if d.compressed {
+			arrays, decodeErr = decodeNpzValue(b, want)
+		} else {
+			arrays, decodeErr = decodeMsgpackImg(b)
+		}
+		if decodeErr != nil {
+			return decodeErr
+		}
+		fnErr = fn(arrays)
+		return fnErr
+	})
+	switch {
+	case decodeErr != nil:
+		return d.errorf(fname, "%v", decodeErr)
+	case fnErr != nil:
+		return fnErr
+	case errors.Is(err, lmdb.ErrNotFound):
+		return d.errorf(fname, "image not in db")
+	case err != nil:
+		return fmt.Errorf("img_db %s: %w", d.path, err)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("img_db %s: %w", d.path, err)
-	}
-	var arrays map[string]Array
-	if d.compressed {
-		arrays, err = decodeNpzValue(b, want)
-	} else {
-		arrays, err = decodeMsgpackImg(b)
-	}
-	if err != nil {
-		return nil, d.errorf(fname, "%v", err)
-	}
-	return arrays, nil
+	return nil
 }
 
 // Get reads image fname: its first nbb regions' features, boxes,
@@ -398,10 +414,22 @@ func (d *ImgDB) get(fname string, want []string) (*Image, error) {
 	if !known && !slices.Contains(want, "conf") {
 		loadWant = append(append([]string{}, want...), "conf")
 	}
-	arrays, err := d.load(fname, loadWant)
-	if err != nil {
-		return nil, err
+	if !known {
+		nbb = -1
 	}
+	var im *Image
+	err := d.view(fname, loadWant, func(arrays map[string]Array) error {
+		var err error
+		im, err = d.decode(fname, arrays, nbb, want)
+		return err
+	})
+	return im, err
+}
+
+// decode validates an image's arrays and converts the wanted ones' first
+// nbb rows; nbb < 0 means compute it from conf.
+func (d *ImgDB) decode(fname string, arrays map[string]Array, nbb int, want []string) (*Image, error) {
+	var err error
 	feat, ok := arrays["features"]
 	if !ok {
 		return nil, d.errorf(fname, "no features array (has %v)", orderedNames(arrays))
@@ -410,6 +438,9 @@ func (d *ImgDB) get(fname string, want []string) (*Image, error) {
 		return nil, d.errorf(fname, "features shape %v, want [N, D]", feat.Shape)
 	}
 	rows, dim := feat.Shape[0], feat.Shape[1]
+	if dim == 0 {
+		return nil, d.errorf(fname, "features shape %v has no feature columns", feat.Shape)
+	}
 	if err := d.checkDim(fname, dim); err != nil {
 		return nil, err
 	}
@@ -442,16 +473,13 @@ func (d *ImgDB) get(fname string, want []string) (*Image, error) {
 			return nil, err
 		}
 	}
-	if !known {
+	if nbb < 0 {
 		if nbb, err = d.computeNBB(fname, arrays); err != nil {
 			return nil, err
 		}
 	}
 	if nbb > rows {
 		return nil, d.errorf(fname, "nbb %d exceeds the %d stored regions", nbb, rows)
-	}
-	if nbb < 0 {
-		return nil, d.errorf(fname, "negative nbb %d", nbb)
 	}
 	im := &Image{Name: fname, NBB: nbb, Dim: dim}
 	conv := func(name string, cols int) ([]float32, error) {
@@ -509,17 +537,19 @@ func (d *ImgDB) Close() error { return d.env.Close() }
 
 var (
 	f16Once  sync.Once
-	f16Table []float32
+	f16Table *[1 << 16]float32
 )
 
 // f16ToF32 returns the float32 of every fp16 bit pattern; a table lookup
-// converts features several times faster than bit manipulation.
-func f16ToF32() []float32 {
+// converts features several times faster than bit manipulation, and an
+// array indexed by uint16 needs no bounds checks.
+func f16ToF32() *[1 << 16]float32 {
 	f16Once.Do(func() {
-		f16Table = make([]float32, 1<<16)
-		for i := range f16Table {
-			f16Table[i] = float16.Frombits(uint16(i)).Float32()
+		t := new([1 << 16]float32)
+		for i := range t {
+			t[i] = float16.Frombits(uint16(i)).Float32()
 		}
+		f16Table = t
 	})
 	return f16Table
 }
@@ -530,8 +560,9 @@ func toFloat32(a Array) ([]float32, error) {
 	case "<f2":
 		t := f16ToF32()
 		out := make([]float32, len(a.Data)/2)
+		data := a.Data[:2*len(out)]
 		for i := range out {
-			out[i] = t[binary.LittleEndian.Uint16(a.Data[2*i:])]
+			out[i] = t[uint16(data[2*i])|uint16(data[2*i+1])<<8]
 		}
 		return out, nil
 	case "<f4":

@@ -253,6 +253,36 @@ func goBytes(v C.MDB_val) []byte {
 	return b
 }
 
+// View calls fn with the value stored under key without copying it out of
+// the memory map. The slice is valid only during fn, which must not retain
+// or modify it; this saves a copy when the caller converts the value
+// anyway. An absent key gives an error wrapping ErrNotFound, and fn's error
+// is returned as is.
+func (e *Env) View(key []byte, fn func(val []byte) error) error {
+	if len(key) == 0 {
+		return fmt.Errorf("lmdb %s: get: empty key", e.path)
+	}
+	t, err := e.readTxn()
+	if err != nil {
+		return err
+	}
+	defer e.releaseTxn(t)
+	var val C.MDB_val
+	rc := C.uniter_get(t, e.dbi, unsafe.Pointer(&key[0]), C.size_t(len(key)), &val)
+	switch rc {
+	case 0:
+	case C.MDB_NOTFOUND:
+		return fmt.Errorf("lmdb %s: key %q: %w", e.path, key, ErrNotFound)
+	default:
+		return fmt.Errorf("lmdb %s: get %q: %w", e.path, key, Errno(rc))
+	}
+	var b []byte
+	if val.mv_size > 0 {
+		b = unsafe.Slice((*byte)(val.mv_data), int(val.mv_size))
+	}
+	return fn(b[:len(b):len(b)])
+}
+
 // Len returns the number of committed entries.
 func (e *Env) Len() (int, error) {
 	t, err := e.readTxn()

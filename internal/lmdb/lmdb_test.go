@@ -49,6 +49,31 @@ func TestRoundTripAndGrowth(t *testing.T) {
 	if !bytes.Equal(got, append(val, 42)) {
 		t.Fatal("value mismatch")
 	}
+	var viewed int
+	if err := r.View([]byte("k00042"), func(v []byte) error {
+		if !bytes.Equal(v, append(val, 42)) {
+			return errors.New("View value mismatch")
+		}
+		viewed = len(v)
+		return nil
+	}); err != nil || viewed != len(val)+1 {
+		t.Fatalf("View: %v (saw %d bytes)", err, viewed)
+	}
+	fnErr := errors.New("from fn")
+	if err := r.View([]byte("k00001"), func([]byte) error { return fnErr }); err != fnErr {
+		t.Fatalf("View did not return fn's error: %v", err)
+	}
+	if err := r.View([]byte("nope"), func([]byte) error { return nil }); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("View missing key: %v", err)
+	}
+	if err := r.View([]byte("empty"), func(v []byte) error {
+		if len(v) != 0 {
+			return errors.New("non-empty")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if got, err := r.Get([]byte("empty")); err != nil || len(got) != 0 {
 		t.Fatalf("empty value: %v %v", got, err)
 	}
