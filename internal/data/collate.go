@@ -1,16 +1,9 @@
 package data
 
-import (
-	"fmt"
-
-	"github.com/x448/float16"
-)
+import "fmt"
 
 // PosDim is the size of a region's location input [x1,y1,x2,y2,w,h,w*h].
 const PosDim = 7
-
-// BoxDim is the size of a stored norm_bb row [x1,y1,x2,y2,w,h].
-const BoxDim = 6
 
 // LabelDim is the detector's class count: 1600 Visual Genome classes plus
 // background at 0.
@@ -35,7 +28,7 @@ type Example struct {
 	// ImgFeat holds NBB region features of the batch's feature size; masked
 	// regions are already zeroed.
 	ImgFeat []float32
-	// ImgPos holds NBB 7-d locations (see BoxPositions).
+	// ImgPos holds NBB 7-d locations [x1,y1,x2,y2,w,h,w*h].
 	ImgPos []float32
 	// ImgTypeIDs gives each region's type; nil means all 1.
 	ImgTypeIDs []int32
@@ -297,21 +290,4 @@ func WithSpecials(ids []int32, cls, sep int32) []int32 {
 	out = append(out, cls)
 	out = append(out, ids...)
 	return append(out, sep)
-}
-
-// BoxPositions turns n stored 6-d boxes [x1,y1,x2,y2,w,h] (fp16 values) into
-// the model's 7-d locations by appending the area w*h. The area is rounded
-// to fp16 because the original computes it on the fp16 tensor; the product
-// of two fp16 values is exact in float32, so one rounding reproduces it.
-func BoxPositions(normBB []float32, n int) ([]float32, error) {
-	if len(normBB) < n*BoxDim {
-		return nil, fmt.Errorf("norm_bb has %d values, want %d rows of %d", len(normBB), n, BoxDim)
-	}
-	out := make([]float32, n*PosDim)
-	for i := 0; i < n; i++ {
-		src, dst := normBB[i*BoxDim:(i+1)*BoxDim], out[i*PosDim:(i+1)*PosDim]
-		copy(dst, src)
-		dst[6] = float16.Fromfloat32(src[4] * src[5]).Float32()
-	}
-	return out, nil
 }

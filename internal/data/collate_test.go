@@ -143,22 +143,6 @@ func TestCollateErrors(t *testing.T) {
 	}
 }
 
-func TestBoxPositions(t *testing.T) {
-	bb := []float32{0.1, 0.2, 0.5, 0.7, 0.4, 0.5, 0, 0, 1, 1, 1, 1}
-	got, err := BoxPositions(bb, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// 0.4*0.5 = 0.2 rounds to the fp16 value 0.199951171875.
-	want := []float32{0.1, 0.2, 0.5, 0.7, 0.4, 0.5, 0.199951171875, 0, 0, 1, 1, 1, 1, 1}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("BoxPositions = %v, want %v", got, want)
-	}
-	if _, err := BoxPositions(bb, 3); err == nil {
-		t.Error("short norm_bb: no error")
-	}
-}
-
 func TestWithSpecials(t *testing.T) {
 	if got := WithSpecials([]int32{5, 6}, 101, 102); !reflect.DeepEqual(got, []int32{101, 5, 6, 102}) {
 		t.Errorf("WithSpecials = %v", got)

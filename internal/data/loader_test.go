@@ -19,8 +19,8 @@ func testBatches(n int) [][]int {
 	return b
 }
 
-// jitter sleeps a job-determined time so workers finish out of order.
-func jitter(j Job) {
+// sleepJitter sleeps a job-determined time so workers finish out of order.
+func sleepJitter(j Job) {
 	time.Sleep(time.Duration(NewRand(1, uint64(j.Pos.Batch)).IntN(300)) * time.Microsecond)
 }
 
@@ -34,7 +34,7 @@ func TestLoaderOrder(t *testing.T) {
 				if ahead > maxAhead.Load() {
 					maxAhead.Store(ahead)
 				}
-				jitter(j)
+				sleepJitter(j)
 				return j.Indices[0] + j.Indices[1], nil
 			}
 			l := NewLoader(context.Background(), NewSliceSource(testBatches(200)), build, c.workers, c.prefetch)
@@ -67,7 +67,7 @@ func TestLoaderBuildError(t *testing.T) {
 		if j.Pos.Batch == 37 {
 			return 0, boom
 		}
-		jitter(j)
+		sleepJitter(j)
 		return j.Pos.Batch, nil
 	}
 	l := NewLoader(context.Background(), NewSliceSource(testBatches(100)), build, 8, 8)
@@ -98,7 +98,7 @@ func (s *failingSource) Next() (Job, error) {
 }
 
 func TestLoaderSourceError(t *testing.T) {
-	build := func(_ context.Context, j Job) (int, error) { jitter(j); return j.Pos.Batch, nil }
+	build := func(_ context.Context, j Job) (int, error) { sleepJitter(j); return j.Pos.Batch, nil }
 	l := NewLoader(context.Background(), &failingSource{n: 5}, build, 4, 4)
 	defer l.Close()
 	for i := 0; i < 5; i++ {

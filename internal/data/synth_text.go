@@ -1,0 +1,396 @@
+package data
+
+import (
+	"math"
+	"math/rand/v2"
+	"strings"
+)
+
+// Attribute sets a noun phrase may state.
+const (
+	attrSize = 1 << iota
+	attrColour
+)
+
+// phrase is "small red cube" with the attributes in attrs.
+func phrase(o synthObject, attrs int) string {
+	var w []string
+	if attrs&attrSize != 0 {
+		w = append(w, synthSizes[o.size])
+	}
+	if attrs&attrColour != 0 {
+		w = append(w, synthColours[o.colour])
+	}
+	return strings.Join(append(w, synthClasses[o.class]), " ")
+}
+
+// indefinite prefixes "a" or "an".
+func indefinite(p string) string {
+	if strings.ContainsRune("aeiou", rune(p[0])) {
+		return "an " + p
+	}
+	return "a " + p
+}
+
+// plural is the class name plus "s" (a word piece in the vocabulary).
+func plural(class int) string { return synthClasses[class] + "s" }
+
+func number(n int) string {
+	if n < len(synthNumbers) {
+		return synthNumbers[n]
+	}
+	return "many"
+}
+
+// matches reports whether p fits the description of o with attrs.
+func matches(p, o synthObject, attrs int) bool {
+	return p.class == o.class &&
+		(attrs&attrSize == 0 || p.size == o.size) &&
+		(attrs&attrColour == 0 || p.colour == o.colour)
+}
+
+// count is the number of objects fitting o's description with attrs.
+func (im synthImage) count(o synthObject, attrs int) int {
+	n := 0
+	for _, p := range im.objects {
+		if matches(p, o, attrs) {
+			n++
+		}
+	}
+	return n
+}
+
+func (im synthImage) countClass(class int) int {
+	return im.count(synthObject{class: class}, 0)
+}
+
+func (im synthImage) has(class, colour int) bool {
+	return im.count(synthObject{class: class, colour: colour}, attrColour) > 0
+}
+
+// uniqueAttrs returns the fewest attributes that single out object i, or
+// -1 when none do.
+func (im synthImage) uniqueAttrs(i int) int {
+	for _, attrs := range []int{0, attrColour, attrSize, attrSize | attrColour} {
+		if im.count(im.objects[i], attrs) == 1 {
+			return attrs
+		}
+	}
+	return -1
+}
+
+// relation is where a lies relative to b ("left of", "above", ...) when
+// the boxes make it clear, else "". y grows downwards.
+func relation(a, b synthObject) string {
+	dx, dy := b.cx()-a.cx(), b.cy()-a.cy()
+	switch {
+	case math.Abs(dx) >= math.Abs(dy) && math.Abs(dx) > 0.15:
+		if dx > 0 {
+			return "left of"
+		}
+		return "right of"
+	case math.Abs(dy) > math.Abs(dx) && math.Abs(dy) > 0.15:
+		if dy > 0 {
+			return "above"
+		}
+		return "below"
+	}
+	return ""
+}
+
+// relatedPair draws two objects with a clear relation.
+func (im synthImage) relatedPair(rng *rand.Rand) (a, b int, rel string, ok bool) {
+	for range 30 {
+		a, b = rng.IntN(len(im.objects)), rng.IntN(len(im.objects))
+		if a == b {
+			continue
+		}
+		if rel = relation(im.objects[a], im.objects[b]); rel != "" {
+			return a, b, rel, true
+		}
+	}
+	return 0, 0, "", false
+}
+
+func randomAttrs(rng *rand.Rand) int { return rng.IntN(4) }
+
+// caption draws one true description of im from the caption grammar.
+func (im synthImage) caption(rng *rand.Rand) string {
+	n := len(im.objects)
+	switch rng.IntN(5) {
+	case 0:
+		if a, b, rel, ok := im.relatedPair(rng); ok {
+			return indefinite(phrase(im.objects[a], randomAttrs(rng))) + " " + rel + " " +
+				indefinite(phrase(im.objects[b], randomAttrs(rng))) + " ."
+		}
+	case 1:
+		o := im.objects[rng.IntN(n)]
+		attrs := rng.IntN(2) * attrColour
+		c := im.count(o, attrs)
+		if c == 1 {
+			return "there is one " + phrase(o, attrs) + " ."
+		}
+		return "there are " + number(c) + " " + strings.TrimSuffix(phrase(o, attrs), synthClasses[o.class]) + plural(o.class) + " ."
+	case 2:
+		return "an image with " + number(n) + " objects ."
+	case 3:
+		i := rng.IntN(n)
+		if attrs := im.uniqueAttrs(i); attrs >= 0 && attrs&attrColour == 0 {
+			return "the " + phrase(im.objects[i], attrs) + " is " + synthColours[im.objects[i].colour] + " ."
+		}
+	}
+	k := min(n, 2+rng.IntN(2))
+	parts := make([]string, k)
+	for j, i := range rng.Perm(n)[:k] {
+		parts[j] = indefinite(phrase(im.objects[i], randomAttrs(rng)))
+	}
+	return "a picture of " + strings.Join(parts[:k-1], " , ") + " and " + parts[k-1] + " ."
+}
+
+// vqaItem is a question with its answers and VQA soft scores.
+type vqaItem struct {
+	question string
+	answers  []string
+	scores   []float64
+}
+
+// vqaQuestion draws a question about im. Counting answers give the
+// neighbouring counts partial credit, like disagreeing VQA annotators.
+func (im synthImage) vqaQuestion(rng *rand.Rand) vqaItem {
+	n := len(im.objects)
+	for {
+		switch rng.IntN(5) {
+		case 0:
+			i := rng.IntN(n)
+			if attrs := im.uniqueAttrs(i); attrs >= 0 && attrs&attrColour == 0 {
+				o := im.objects[i]
+				return vqaItem{"what color is the " + phrase(o, attrs) + " ?", []string{synthColours[o.colour]}, []float64{1}}
+			}
+		case 1:
+			class := rng.IntN(len(synthClasses))
+			c := im.countClass(class)
+			return countItem("how many "+plural(class)+" are there ?", c)
+		case 2:
+			class, colour := rng.IntN(len(synthClasses)), rng.IntN(len(synthColours))
+			if rng.IntN(2) == 0 {
+				o := im.objects[rng.IntN(n)]
+				class, colour = o.class, o.colour
+			}
+			ans := "no"
+			if im.has(class, colour) {
+				ans = "yes"
+			}
+			return vqaItem{"is there " + indefinite(synthColours[colour]+" "+synthClasses[class]) + " ?", []string{ans}, []float64{1}}
+		case 3:
+			return countItem("how many objects are there ?", n)
+		case 4:
+			o := im.objects[rng.IntN(n)]
+			onlyColour := true
+			for _, p := range im.objects {
+				if p.colour == o.colour && p.class != o.class {
+					onlyColour = false
+				}
+			}
+			if onlyColour {
+				return vqaItem{"what is the " + synthColours[o.colour] + " object ?", []string{synthClasses[o.class]}, []float64{1}}
+			}
+		}
+	}
+}
+
+func countItem(q string, c int) vqaItem {
+	it := vqaItem{question: q, answers: []string{number(c)}, scores: []float64{1}}
+	for _, d := range []int{c - 1, c + 1} {
+		if d >= 0 && d < len(synthNumbers) {
+			it.answers = append(it.answers, number(d))
+			it.scores = append(it.scores, 0.3)
+		}
+	}
+	return it
+}
+
+// vqaAnswers is the answer vocabulary, in label order.
+func vqaAnswers() []string {
+	a := []string{"yes", "no"}
+	a = append(a, synthColours...)
+	a = append(a, synthNumbers...)
+	return append(a, synthClasses...)
+}
+
+// SNLI-VE labels as the official VE heads order them.
+const (
+	veContradiction = 0
+	veEntailment    = 1
+	veNeutral       = 2
+)
+
+// veHypothesis draws a hypothesis with the given label about im: a true
+// caption (entailment), a claim the image refutes (contradiction) or one
+// it cannot settle (neutral).
+func (im synthImage) veHypothesis(rng *rand.Rand, label int) string {
+	switch label {
+	case veEntailment:
+		return im.caption(rng)
+	case veContradiction:
+		for {
+			if rng.IntN(2) == 0 {
+				class, colour := rng.IntN(len(synthClasses)), rng.IntN(len(synthColours))
+				if !im.has(class, colour) {
+					return "there is " + indefinite(synthColours[colour]+" "+synthClasses[class]) + " ."
+				}
+				continue
+			}
+			o := im.objects[rng.IntN(len(im.objects))]
+			c := im.countClass(o.class)
+			wrong := c + 1 + rng.IntN(3)
+			if rng.IntN(2) == 0 && c > 1 {
+				wrong = rng.IntN(c - 1)
+			}
+			return "there are exactly " + number(wrong) + " " + plural(o.class) + " ."
+		}
+	}
+	o := im.objects[rng.IntN(len(im.objects))]
+	p := "the " + phrase(o, attrColour)
+	switch rng.IntN(3) {
+	case 0:
+		return p + " is made of " + synthMaterials[rng.IntN(len(synthMaterials))] + " ."
+	case 1:
+		return p + " belongs to " + indefinite(synthOwners[rng.IntN(len(synthOwners))]) + " ."
+	}
+	return p + " is " + synthFeelings[rng.IntN(len(synthFeelings))] + " ."
+}
+
+// nlvr2Statement draws a statement about the pair (left, right) and
+// returns it with its truth.
+func nlvr2Statement(rng *rand.Rand, left, right synthImage) (string, bool) {
+	pick := func() synthObject {
+		im := left
+		if rng.IntN(2) == 0 {
+			im = right
+		}
+		return im.objects[rng.IntN(len(im.objects))]
+	}
+	switch rng.IntN(4) {
+	case 0:
+		side, im := "left", left
+		if rng.IntN(2) == 0 {
+			side, im = "right", right
+		}
+		class := pick().class
+		c := im.countClass(class)
+		n := max(0, c+rng.IntN(3)-1)
+		return "the " + side + " image contains exactly " + number(n) + " " + plural(class) + " .", c == n
+	case 1:
+		o := pick()
+		return "both images contain " + indefinite(synthColours[o.colour]+" "+synthClasses[o.class]) + " .",
+			left.has(o.class, o.colour) && right.has(o.class, o.colour)
+	case 2:
+		class := pick().class
+		return "there are more " + plural(class) + " in the left image than in the right image .",
+			left.countClass(class) > right.countClass(class)
+	}
+	o := pick()
+	side, im := "left", left
+	if rng.IntN(2) == 0 {
+		side, im = "right", right
+	}
+	return "the " + side + " image contains " + indefinite(synthColours[o.colour]+" "+synthClasses[o.class]) + " .",
+		im.has(o.class, o.colour)
+}
+
+// vcrItem is a multiple-choice question with four answers and four
+// rationales; ans and rat index the right ones.
+type vcrItem struct {
+	question   string
+	answers    [4]string
+	rationales [4]string
+	ans, rat   int
+}
+
+// vcrQuestion asks the colour of an object singled out by size and class;
+// the right rationale states a true relation of that object, the wrong
+// ones false relations. ok is false when no object qualifies.
+func (im synthImage) vcrQuestion(rng *rand.Rand) (vcrItem, bool) {
+	for _, i := range rng.Perm(len(im.objects)) {
+		attrs := im.uniqueAttrs(i)
+		if attrs < 0 || attrs&attrColour != 0 {
+			continue
+		}
+		o := im.objects[i]
+		var truths, lies []string
+		subject := "the " + phrase(o, attrs)
+		for j, p := range im.objects {
+			if j == i {
+				continue
+			}
+			rel := relation(o, p)
+			if rel == "" {
+				continue
+			}
+			other := "the " + phrase(p, attrColour)
+			truths = append(truths, subject+" is "+rel+" "+other+" .")
+			for _, r := range synthRelations {
+				if r != rel {
+					lies = append(lies, subject+" is "+r+" "+other+" .")
+				}
+			}
+		}
+		if len(truths) == 0 || len(lies) < 3 {
+			continue
+		}
+		it := vcrItem{question: "what color is " + subject + " ?", ans: rng.IntN(4), rat: rng.IntN(4)}
+		wrong := rng.Perm(len(synthColours))
+		k := 0
+		for a := range it.answers {
+			if a == it.ans {
+				it.answers[a] = "it is " + synthColours[o.colour] + " ."
+				continue
+			}
+			for wrong[k] == o.colour {
+				k++
+			}
+			it.answers[a] = "it is " + synthColours[wrong[k]] + " ."
+			k++
+		}
+		lieOrder := rng.Perm(len(lies))
+		k = 0
+		for r := range it.rationales {
+			if r == it.rat {
+				it.rationales[r] = "because " + truths[rng.IntN(len(truths))]
+				continue
+			}
+			it.rationales[r] = "because " + lies[lieOrder[k]]
+			k++
+		}
+		return it, true
+	}
+	return vcrItem{}, false
+}
+
+// referringExpression describes object i uniquely, or returns "".
+func (im synthImage) referringExpression(rng *rand.Rand, i int) string {
+	o := im.objects[i]
+	if attrs := im.uniqueAttrs(i); attrs >= 0 && rng.IntN(3) > 0 {
+		return "the " + phrase(o, attrs)
+	}
+	// "the leftmost/rightmost <class>" among several of its class.
+	if im.countClass(o.class) > 1 {
+		left, right := true, true
+		for _, p := range im.objects {
+			if p.class == o.class && p != o {
+				left = left && p.cx() > o.cx()
+				right = right && p.cx() < o.cx()
+			}
+		}
+		switch {
+		case left:
+			return "the leftmost " + synthClasses[o.class]
+		case right:
+			return "the rightmost " + synthClasses[o.class]
+		}
+	}
+	if attrs := im.uniqueAttrs(i); attrs >= 0 {
+		return "the " + phrase(o, attrs)
+	}
+	return ""
+}
