@@ -65,6 +65,13 @@ func FuzzTxtValue(f *testing.F) {
 
 // fuzzImage runs the whole read path of an img_db value without LMDB.
 func fuzzImage(t *testing.T, b []byte, compressed bool) {
+	if compressed {
+		if raw, err := ReadRawNpz(b); err == nil {
+			if err := raw.validate(); err != nil {
+				t.Fatalf("ReadRawNpz gave an invalid image: %v", err)
+			}
+		}
+	}
 	arrays, err := DecodeImgValue(b, compressed)
 	if err != nil {
 		return

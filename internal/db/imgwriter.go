@@ -26,6 +26,10 @@ type RawImage struct {
 	Conf []float16.Float16
 	// SoftLabels is [N, L], or nil.
 	SoftLabels []float16.Float16
+
+	// rawConf holds the confidences as the detector wrote them (often
+	// float32) when read by ReadRawNpz; nbb is counted on them.
+	rawConf Array
 }
 
 func (r *RawImage) validate() error {
@@ -115,6 +119,9 @@ func (w *ImgWriter) Put(fname string, raw RawImage) (int, error) {
 		return 0, errorf("feature size %d, want %d", raw.D, w.opts.ImgDim)
 	}
 	conf := f16Array(raw.Conf, raw.N, 1)
+	if raw.rawConf.Dtype != "" {
+		conf = raw.rawConf
+	}
 	var nbb int
 	switch w.layout {
 	case layoutTh:

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -316,5 +317,76 @@ func TestPythonReadsGoDBs(t *testing.T) {
 	t.Logf("check_go_dbs.py: %s", out)
 	if err != nil {
 		t.Fatalf("check_go_dbs.py failed: %v", err)
+	}
+}
+
+// TestRawNpzMatchesOfficialConverter converts the raw extractor .npz
+// fixtures with ReadRawNpz + ImgWriter and compares with the db the
+// official converter code wrote from the same files.
+func TestRawNpzMatchesOfficialConverter(t *testing.T) {
+	_, want := loadExpected(t)
+	for _, compressed := range []bool{false, true} {
+		dir := t.TempDir()
+		w, err := CreateImgDB(dir, DefaultImgDBOptions(), compressed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := []string{"img_a.npz", "img_b.npz"}
+		for _, n := range names {
+			b, err := os.ReadFile(filepath.Join("testdata", "npz", n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := ReadRawNpz(b)
+			if err != nil {
+				t.Fatalf("%s: %v", n, err)
+			}
+			if _, err := w.Put(n, raw); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		db, err := OpenImgDB(dir, DefaultImgDBOptions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			checkImage(t, db, n, want["img_db"][n])
+		}
+		db.Close()
+	}
+}
+
+func TestReadRawNpzErrors(t *testing.T) {
+	f32 := func(shape ...int) Array {
+		n := 1
+		for _, d := range shape {
+			n *= d
+		}
+		return Array{Dtype: "<f4", Shape: shape, Data: make([]byte, 4*n)}
+	}
+	for name, tc := range map[string]struct {
+		arrays map[string]Array
+		want   string
+	}{
+		"no conf":      {map[string]Array{"features": f32(3, 4), "norm_bb": f32(3, 6)}, "no conf array"},
+		"1-d features": {map[string]Array{"features": f32(3), "norm_bb": f32(3, 6), "conf": f32(3)}, "features shape [3]"},
+		"bb rows":      {map[string]Array{"features": f32(3, 4), "norm_bb": f32(2, 6), "conf": f32(3)}, "norm_bb shape [2 6] does not match features [3 4]"},
+		"soft 1-d":     {map[string]Array{"features": f32(3, 4), "norm_bb": f32(3, 6), "conf": f32(3), "soft_labels": f32(3)}, "soft_labels shape [3]"},
+	} {
+		b, err := encodeNpz(orderedNames(tc.arrays), tc.arrays, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ReadRawNpz(b)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want %q", name, err, tc.want)
+		}
+	}
+	_, err := ReadRawNpz([]byte("PK\x03\x04 not really"))
+	if err == nil || !strings.Contains(err.Error(), "npz") {
+		t.Errorf("garbage: %v", err)
 	}
 }
