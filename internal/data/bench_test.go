@@ -63,7 +63,8 @@ func writeBenchWorld(tb testing.TB, dir string, n int) (*db.TxtDB, *db.ImgDB) {
 // BenchmarkLoader measures the prefetching loader end to end: txt_db and
 // img_db reads, fp16 decoding, masking and collation into batches of a
 // 4096-token budget, for a features-only task (MLM) and one that also
-// decodes the 1601-way soft labels (MRC-kl).
+// decodes the 1601-way soft labels (MRC-kl). Batches are released after
+// use, as the trainer does once a batch is on the device.
 func BenchmarkLoader(b *testing.B) {
 	txt, img := writeBenchWorld(b, b.TempDir(), 256)
 	defer txt.Close()
@@ -85,6 +86,7 @@ func BenchmarkLoader(b *testing.B) {
 						b.Fatal(err)
 					}
 					examples += batch.B
+					batch.Release()
 				}
 				b.ReportMetric(float64(examples)/b.Elapsed().Seconds(), "examples/s")
 			})

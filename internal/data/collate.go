@@ -1,6 +1,9 @@
 package data
 
-import "fmt"
+import (
+	"fmt"
+	"sync"
+)
 
 // PosDim is the size of a region's location input [x1,y1,x2,y2,w,h,w*h].
 const PosDim = 7
@@ -142,7 +145,7 @@ func Collate(exs []*Example, imgDim int) (*Batch, error) {
 	b.InputIDs = make([]int32, B*T)
 	b.TxtTypeIDs = make([]int32, B*T)
 	b.TxtLens = make([]int, B)
-	b.ImgFeat = make([]float32, B*N*imgDim)
+	b.ImgFeat = getFloats(B * N * imgDim)
 	b.ImgPos = make([]float32, B*N*PosDim)
 	b.ImgTypeIDs = make([]int32, B*N)
 	b.NBB = make([]int, B)
@@ -174,7 +177,8 @@ func Collate(exs []*Example, imgDim int) (*Batch, error) {
 		if ex.MLMLabels != nil {
 			copy(b.MLMLabels[i*T:], ex.MLMLabels)
 		}
-		copy(b.ImgFeat[i*N*imgDim:], ex.ImgFeat)
+		// The buffer may be recycled: clear the padding rows explicitly.
+		clear(b.ImgFeat[i*N*imgDim+copy(b.ImgFeat[i*N*imgDim:], ex.ImgFeat) : (i+1)*N*imgDim])
 		copy(b.ImgPos[i*N*PosDim:], ex.ImgPos)
 		imgTypes := b.ImgTypeIDs[i*N : i*N+nbb]
 		if ex.ImgTypeIDs != nil {
@@ -290,4 +294,32 @@ func WithSpecials(ids []int32, cls, sep int32) []int32 {
 	out = append(out, cls)
 	out = append(out, ids...)
 	return append(out, sep)
+}
+
+// featPool recycles the region feature buffers of released batches: they
+// are the bulk of a batch (B*Nmax*2048 floats), and allocating them fresh
+// costs a zeroing pass and garbage-collector work per batch.
+var featPool sync.Pool
+
+// getFloats returns a slice of n floats with unspecified contents.
+func getFloats(n int) []float32 {
+	if p, ok := featPool.Get().(*[]float32); ok {
+		if cap(*p) >= n {
+			return (*p)[:n]
+		}
+		featPool.Put(p)
+	}
+	return make([]float32, n)
+}
+
+// Release hands the batch's feature buffer back for reuse by later batches.
+// It is optional (without it the garbage collector reclaims the buffer);
+// after it the batch's ImgFeat must not be used.
+func (b *Batch) Release() {
+	if b.ImgFeat == nil {
+		return
+	}
+	buf := b.ImgFeat[:0]
+	b.ImgFeat = nil
+	featPool.Put(&buf)
 }

@@ -148,3 +148,28 @@ func TestWithSpecials(t *testing.T) {
 		t.Errorf("WithSpecials = %v", got)
 	}
 }
+
+func TestCollateReleaseReuse(t *testing.T) {
+	// A released buffer full of non-zero features must come back with zero
+	// padding rows.
+	big, err := Collate([]*Example{testExample("a", 2, 4, 3, 7), testExample("b", 2, 4, 3, 9)}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big.Release()
+	big.Release()
+	if big.ImgFeat != nil {
+		t.Error("ImgFeat kept after Release")
+	}
+	for range 3 {
+		small, err := Collate([]*Example{testExample("c", 2, 1, 3, 1), testExample("d", 2, 2, 3, 5)}, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []float32{1, 2, 3, 0, 0, 0, 5, 6, 7, 8, 9, 10}
+		if !reflect.DeepEqual(small.ImgFeat, want) {
+			t.Fatalf("ImgFeat after reuse = %v, want %v", small.ImgFeat, want)
+		}
+		small.Release()
+	}
+}
