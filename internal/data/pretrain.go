@@ -264,3 +264,24 @@ func (s *PretrainSet) Build(task string) BuildFunc[*Batch] {
 		return Collate(exs, s.opts.ImgDim)
 	}
 }
+
+// AppendRegions appends an image's regions to ex with the given region type
+// (1 for the usual single image; 2 for NLVR2's right image). Tasks whose
+// input joins several images (VCR: ground-truth boxes, then detections;
+// NLVR2 triplet: left, then right) call it once per image in order.
+func AppendRegions(ex *Example, im *db.Image, typeID int32) {
+	if typeID != 1 && ex.ImgTypeIDs == nil {
+		ex.ImgTypeIDs = make([]int32, ex.NBB)
+		for i := range ex.ImgTypeIDs {
+			ex.ImgTypeIDs[i] = 1
+		}
+	}
+	ex.ImgFeat = append(ex.ImgFeat, im.Features[:im.NBB*im.Dim]...)
+	ex.ImgPos = append(ex.ImgPos, im.Box7()...)
+	if ex.ImgTypeIDs != nil {
+		for range im.NBB {
+			ex.ImgTypeIDs = append(ex.ImgTypeIDs, typeID)
+		}
+	}
+	ex.NBB += im.NBB
+}

@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+
+	"uniter/internal/db"
 )
 
 func testPretrainSet(t *testing.T, opts PretrainOptions) *PretrainSet {
@@ -185,5 +187,25 @@ func TestPretrainLoaderDeterministic(t *testing.T) {
 		if n != 2*set.Len() {
 			t.Errorf("%s: %d examples in two epochs of %d", task, n, set.Len())
 		}
+	}
+}
+
+func TestAppendRegions(t *testing.T) {
+	a := &db.Image{NBB: 2, Dim: 2, Features: []float32{1, 2, 3, 4}, NormBB: []float32{0, 0, .5, .5, .5, .5, 0, 0, 1, 1, 1, 1}}
+	b := &db.Image{NBB: 1, Dim: 2, Features: []float32{5, 6}, NormBB: []float32{0, 0, .25, 1, .25, 1}}
+	ex := &Example{ID: "x", InputIDs: []int32{101, 102}}
+	AppendRegions(ex, a, 1)
+	if ex.ImgTypeIDs != nil || ex.NBB != 2 {
+		t.Fatalf("type-1 regions: types %v nbb %d", ex.ImgTypeIDs, ex.NBB)
+	}
+	AppendRegions(ex, b, 2)
+	if ex.NBB != 3 || !reflect.DeepEqual(ex.ImgTypeIDs, []int32{1, 1, 2}) || !reflect.DeepEqual(ex.ImgFeat, []float32{1, 2, 3, 4, 5, 6}) {
+		t.Fatalf("after the second image: nbb %d types %v feat %v", ex.NBB, ex.ImgTypeIDs, ex.ImgFeat)
+	}
+	if len(ex.ImgPos) != 21 || ex.ImgPos[20] != 0.25 || ex.ImgPos[6] != 0.25 {
+		t.Fatalf("positions %v", ex.ImgPos)
+	}
+	if _, err := Collate([]*Example{ex}, 2); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -107,6 +107,10 @@ type Position struct {
 	Batch int `json:"batch"`
 }
 
+// Next is the position after p: where a stream resumes once the batch at
+// p has been consumed.
+func (p Position) Next() Position { return Position{Epoch: p.Epoch, Batch: p.Batch + 1} }
+
 // Job is one batch to build: its position and the example indices.
 type Job struct {
 	Pos     Position
@@ -138,7 +142,8 @@ func NewBatchStream(s TokenBucketSampler, lens LensFunc, epochs int) *BatchStrea
 func (b *BatchStream) Position() Position { return b.pos }
 
 // Seek makes p the next batch. A batch index past the end of its epoch
-// means the start of the next epoch.
+// means the start of the next epoch, so resuming after the consumed batch
+// at q is Seek(q.Next()).
 func (b *BatchStream) Seek(p Position) { b.pos = p }
 
 // Next returns the next batch and advances.

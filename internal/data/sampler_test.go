@@ -193,6 +193,14 @@ func TestBatchStreamResume(t *testing.T) {
 			}
 		}
 	}
+	// Resuming after a consumed batch, across an epoch boundary too.
+	for k := 0; k+1 < len(all); k++ {
+		r := NewBatchStream(s, fixed, 3)
+		r.Seek(all[k].Pos.Next())
+		if got, err := r.Next(); err != nil || got.Pos != all[k+1].Pos {
+			t.Fatalf("after %+v: got %+v, %v; want %+v", all[k].Pos, got.Pos, err, all[k+1].Pos)
+		}
+	}
 	// A batch index past the epoch's end rolls over.
 	r := NewBatchStream(s, fixed, 0)
 	r.Seek(Position{Epoch: 0, Batch: 1 << 20})
