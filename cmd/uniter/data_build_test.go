@@ -1,0 +1,343 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"uniter/internal/db"
+)
+
+const npzFixtures = "../../internal/db/testdata/npz"
+
+func runCmd(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var cmd = newDataImgdbCmd()
+	if args[0] == "txtdb" {
+		cmd = newDataTxtdbCmd()
+	}
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args[1:])
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+// TestImgdbMatchesOfficialConverter builds an img_db from raw extractor
+// .npz files and compares it with the db the official converter code wrote
+// from the same files (internal/db/testdata/img_db).
+func TestImgdbMatchesOfficialConverter(t *testing.T) {
+	official, err := db.OpenImgDB("../../internal/db/testdata/img_db", db.DefaultImgDBOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer official.Close()
+	for _, compressed := range []bool{false, true} {
+		out := filepath.Join(t.TempDir(), "img_db")
+		args := []string{"imgdb", "--npz-dir", npzFixtures, "--out", out, "--workers", "3"}
+		if compressed {
+			args = append(args, "--compressed")
+		}
+		log, err := runCmd(t, args...)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, log)
+		}
+		if !strings.Contains(log, "wrote 2 images") {
+			t.Errorf("log: %s", log)
+		}
+		got, err := db.OpenImgDB(out, db.DefaultImgDBOptions())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Compressed() != compressed {
+			t.Errorf("compressed = %v", got.Compressed())
+		}
+		names, err := got.Names()
+		if err != nil || !reflect.DeepEqual(names, []string{"img_a.npz", "img_b.npz"}) {
+			t.Fatalf("names %v, %v", names, err)
+		}
+		for _, n := range names {
+			a, err := got.Get(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := official.Get(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(a, b) {
+				t.Errorf("%s differs from the official converter's (nbb %d vs %d)", n, a.NBB, b.NBB)
+			}
+		}
+		got.Close()
+		if _, err := os.Stat(filepath.Join(out, "nbb_th0.2_max100_min10.json")); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestImgdbLayoutsAndErrors(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "numbb")
+	if log, err := runCmd(t, "imgdb", "--npz-dir", npzFixtures, "--out", out, "--conf-th", "-1", "--num-bb", "4"); err != nil {
+		t.Fatalf("%v\n%s", err, log)
+	}
+	o := db.DefaultImgDBOptions()
+	o.ConfTh, o.NumBB = -1, 4
+	d, err := db.OpenImgDB(out, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.SubDir() != "feat_numbb4" {
+		t.Errorf("sub-dir %s", d.SubDir())
+	}
+	if im, err := d.Get("img_b.npz"); err != nil || im.NBB != 4 {
+		t.Errorf("numbb Get: %v", err)
+	}
+	d.Close()
+
+	// A corrupt file: an error naming it, or skipped with --skip-corrupt.
+	dir := t.TempDir()
+	for _, n := range []string{"img_a.npz", "img_b.npz"} {
+		b, err := os.ReadFile(filepath.Join(npzFixtures, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, n), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad := filepath.Join(dir, "img_0bad.npz")
+	if err := os.WriteFile(bad, []byte("not a zip"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = runCmd(t, "imgdb", "--npz-dir", dir, "--out", filepath.Join(t.TempDir(), "x"))
+	if err == nil || !strings.Contains(err.Error(), bad) {
+		t.Fatalf("corrupt file error %v does not name %s", err, bad)
+	}
+	out = filepath.Join(t.TempDir(), "skip")
+	log, err := runCmd(t, "imgdb", "--npz-dir", dir, "--out", out, "--skip-corrupt", "--keep-all")
+	if err != nil || !strings.Contains(log, "skipping") || !strings.Contains(log, "wrote 2 images") {
+		t.Fatalf("--skip-corrupt: %v\n%s", err, log)
+	}
+	d, err = db.OpenImgDB(out, db.DefaultImgDBOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.SubDir() != "all" {
+		t.Errorf("--keep-all wrote %s", d.SubDir())
+	}
+	if im, err := d.Get("img_a.npz"); err != nil || im.NBB != 12 {
+		t.Errorf("all layout Get: %v", err)
+	}
+	d.Close()
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"imgdb", "--out", "x"}, "--npz-dir is required"},
+		{[]string{"imgdb", "--npz-dir", t.TempDir(), "--out", "x"}, "no .npz files"},
+		{[]string{"imgdb", "--npz-dir", dir, "--out", "x", "--min-bb", "5", "--max-bb", "2"}, "--min-bb 5 and --max-bb 2"},
+		{[]string{"imgdb", "--npz-dir", npzFixtures, "--out", filepath.Join(t.TempDir(), "d"), "--img-dim", "2048"}, "feature size 32, want 2048"},
+	} {
+		_, err := runCmd(t, tc.args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// testVocab is a small BERT-layout vocabulary.
+func testVocab(t *testing.T, dir string) string {
+	toks := []string{"[PAD]"}
+	for i := 1; i < 100; i++ {
+		toks = append(toks, "[unused]")
+	}
+	toks = append(toks, "[UNK]", "[CLS]", "[SEP]", "[MASK]", "!", ".", "?", "a", "cat", "is", "on", "the", "mat", "what", "colour", "##s", "dog", "red")
+	return writeFile(t, dir, "vocab.txt", strings.Join(toks, "\n")+"\n")
+}
+
+func TestTxtdbCaptions(t *testing.T) {
+	dir := t.TempDir()
+	vocab := testVocab(t, dir)
+	caps := writeFile(t, dir, "captions.json", `{"images": [], "annotations": [
+		{"id": 48, "image_id": 9, "caption": "A cat is on the mat."},
+		{"id": 67, "image_id": 9, "caption": "the dogs  !"},
+		{"id": 126, "image_id": 42, "caption": "zebra"}]}`)
+	out := filepath.Join(dir, "txt_db")
+	if log, err := runCmd(t, "txtdb", "--captions", caps, "--vocab", vocab, "--img-prefix", "coco_train2014", "--out", out); err != nil {
+		t.Fatalf("%v\n%s", err, log)
+	}
+	d, err := db.OpenTxtDB(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	m := d.Meta()
+	if m.UNK != 100 || m.CLS != 101 || m.SEP != 102 || m.MASK != 103 || m.VRange != [2]int{104, 118} || m.Tokenizer != "bert-base-cased" {
+		t.Errorf("meta %+v", m)
+	}
+	if ids := d.IDs(-1); !reflect.DeepEqual(ids, []string{"126", "48", "67"}) {
+		t.Errorf("ids %v", ids)
+	}
+	for id, want := range map[string][]int32{
+		"48":  {100, 108, 109, 110, 111, 112, 105}, // "A" is [UNK] in a cased vocab
+		"67":  {111, 116, 115, 104},
+		"126": {100},
+	} {
+		ex, err := d.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ex.InputIDs()
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: input_ids %v, want %v (%v)", id, got, want, err)
+		}
+	}
+	ex, _ := d.Get("48")
+	if f, _ := ex.String("img_fname"); f != "coco_train2014_000000000009.npz" {
+		t.Errorf("img_fname %q", f)
+	}
+	if r, _ := ex.String("raw"); r != "A cat is on the mat." {
+		t.Errorf("raw %q", r)
+	}
+	if got := d.Texts("coco_train2014_000000000009.npz"); !reflect.DeepEqual(got, []string{"48", "67"}) {
+		t.Errorf("img2txts %v", got)
+	}
+
+	// Uncased: lowercasing turns "A" into a known token.
+	out2 := filepath.Join(dir, "uncased")
+	if _, err := runCmd(t, "txtdb", "--captions", caps, "--vocab", vocab, "--img-prefix", "p", "--out", out2, "--toker", "bert-base-uncased"); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := db.OpenTxtDB(out2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if ex, _ := d2.Get("48"); ex.Fields["input_ids"].([]any)[0] != int64(107) {
+		t.Errorf("uncased input_ids %v", ex.Fields["input_ids"])
+	}
+}
+
+func TestTxtdbVQA(t *testing.T) {
+	dir := t.TempDir()
+	vocab := testVocab(t, dir)
+	qs := writeFile(t, dir, "q.json", `{"questions": [
+		{"question_id": 90, "image_id": 9, "question": "What colours?"},
+		{"question_id": 91, "image_id": 9, "question": "what is on the mat?"}]}`)
+	anns := writeFile(t, dir, "a.json", `{"annotations": [
+		{"question_id": 90, "image_id": 9, "answers": [
+			{"answer": "red"}, {"answer": "Red."}, {"answer": "red"}, {"answer": "blue"},
+			{"answer": "two"}, {"answer": "2"}, {"answer": "dont"}, {"answer": "the red"}, {"answer": "zzz"}, {"answer": "red"}]},
+		{"question_id": 91, "image_id": 9, "answers": [{"answer": "cat"}]}]}`)
+	labels := writeFile(t, dir, "ans2label.json", `{"net": 0, "red": 1, "blue": 2, "2": 3, "don't": 4, "cat": 5}`)
+	out := filepath.Join(dir, "vqa")
+	if log, err := runCmd(t, "txtdb", "--questions", qs, "--annotations", anns, "--ans2label", labels,
+		"--vocab", vocab, "--img-prefix", "coco_val2014", "--out", out); err != nil {
+		t.Fatalf("%v\n%s", err, log)
+	}
+	d, err := db.OpenTxtDB(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ex, err := d.Get("90")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgt, err := ex.Map("target")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, _ := tgt.Ints("labels")
+	s, _ := tgt.Floats("scores")
+	// red x5 (red, Red., red, the red, red), blue x1, 2 x2 (two, 2), don't x1.
+	if !reflect.DeepEqual(l, []int32{1, 2, 3, 4}) || !reflect.DeepEqual(s, []float64{1, 0.3, 0.6, 0.3}) {
+		t.Errorf("target labels %v scores %v", l, s)
+	}
+	if q, _ := ex.Int("question_id"); q != 90 {
+		t.Errorf("question_id %d", q)
+	}
+	if in, _ := ex.InputIDs(); !reflect.DeepEqual(in, []int32{100, 114, 115, 106}) {
+		t.Errorf("input_ids %v", in)
+	}
+
+	// Without annotations: no target.
+	out2 := filepath.Join(dir, "vqa_test")
+	if _, err := runCmd(t, "txtdb", "--questions", qs, "--vocab", vocab, "--img-prefix", "coco_test2015", "--out", out2); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := db.OpenTxtDB(out2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if ex, _ := d2.Get("91"); ex.Has("target") {
+		t.Error("target without annotations")
+	}
+
+	missing := writeFile(t, dir, "a2.json", `{"annotations": [{"question_id": 90, "answers": []}]}`)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--questions", qs, "--annotations", missing, "--ans2label", labels}, "no annotation for question_id 91"},
+		{[]string{"--questions", qs, "--annotations", anns}, "needs --ans2label"},
+		{[]string{"--questions", qs, "--captions", qs}, "exactly one of"},
+		{[]string{"--captions", writeFile(t, dir, "bad.json", `{"annotations": [{"id": 1}]}`)}, "annotations[0] lacks id, image_id or caption"},
+		{[]string{"--captions", writeFile(t, dir, "broken.json", `{"annotations": [`)}, "broken.json"},
+		{[]string{"--captions", filepath.Join(dir, "absent.json")}, "absent.json"},
+	} {
+		args := append([]string{"txtdb", "--vocab", vocab, "--img-prefix", "p", "--out", filepath.Join(t.TempDir(), "o")}, tc.args...)
+		_, err := runCmd(t, args...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: error %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	noMask := writeFile(t, dir, "v2.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
+	_, err = runCmd(t, "txtdb", "--vocab", noMask, "--img-prefix", "p", "--out", filepath.Join(t.TempDir(), "o"), "--questions", qs)
+	if err == nil || !strings.Contains(err.Error(), `no "[MASK]" token`) || !strings.Contains(err.Error(), noMask) {
+		t.Errorf("vocab without [MASK]: %v", err)
+	}
+}
+
+func TestNormalizeVQAAnswer(t *testing.T) {
+	for in, want := range map[string]string{
+		"Two":             "2",
+		"the dog.":        "dog",
+		"yes!":            "yes",
+		"1,000":           "1000",
+		"a red-and-white": "red and white",
+		"red - white":     "red white",
+		"3.5":             "3.5",
+		"none":            "0",
+		"  An  apple ":    "apple",
+		"x/y":             "x y",
+	} {
+		if got := normalizeVQAAnswer(in); got != want {
+			t.Errorf("normalizeVQAAnswer(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := stripPeriods(strings.Repeat(".", 40)); got != "........" {
+		t.Errorf("stripPeriods removed %d of 40, want 32", 40-len(got))
+	}
+	for n, want := range map[int]float64{0: 0, 1: 0.3, 2: 0.6, 3: 0.9, 4: 1, 10: 1} {
+		if got := vqaScore(n); got != want {
+			t.Errorf("vqaScore(%d) = %v, want %v", n, got, want)
+		}
+	}
+}
