@@ -60,6 +60,9 @@ type Example struct {
 // is [B,Tmax], regions [B,Nmax], and the joint sequence the compact
 // [B,S] layout addressed by GatherIndex (UNITER_REFERENCE.md 1.5).
 type Batch struct {
+	// B is the number of examples, Tmax the longest text (specials
+	// included), Nmax the most regions and S the longest joint sequence
+	// max(tl+nbb).
 	B, Tmax, Nmax, S int
 	// ImgDim is the region feature size.
 	ImgDim int
@@ -110,7 +113,8 @@ type Batch struct {
 	// Labels [B]: per-example class labels (ITM, downstream tasks).
 	Labels []int32
 	// Targets [B*TargetDim]: per-example soft targets; nil when TargetDim is 0.
-	Targets   []float32
+	Targets []float32
+	// TargetDim is the length of each example's Targets.
 	TargetDim int
 }
 

@@ -106,7 +106,7 @@ type synthWorld struct {
 	classProto    [][]float32
 	colourProto   [][]float32
 	sizeProto     [][]float32
-	minObj, maxOb int
+	minObj, maxObj int
 }
 
 func newSynthWorld(seed uint64, dim, minObj, maxObj int, noise float64) *synthWorld {
@@ -121,7 +121,7 @@ func newSynthWorld(seed uint64, dim, minObj, maxObj int, noise float64) *synthWo
 		}
 		return p
 	}
-	return &synthWorld{dim: dim, noise: noise, minObj: minObj, maxOb: maxObj,
+	return &synthWorld{dim: dim, noise: noise, minObj: minObj, maxObj: maxObj,
 		classProto: protos(len(synthClasses), 1), colourProto: protos(len(synthColours), 0.8),
 		sizeProto: protos(len(synthSizes), 0.5)}
 }
@@ -130,7 +130,7 @@ func newSynthWorld(seed uint64, dim, minObj, maxObj int, noise float64) *synthWo
 // rejection so that no two overlap much, which keeps relations and
 // referring expressions well defined.
 func (w *synthWorld) image(rng *rand.Rand, name string) synthImage {
-	n := w.minObj + rng.IntN(w.maxOb-w.minObj+1)
+	n := w.minObj + rng.IntN(w.maxObj-w.minObj+1)
 	im := synthImage{name: name}
 	for len(im.objects) < n {
 		var o synthObject
