@@ -101,11 +101,11 @@ type synthImage struct {
 
 // synthWorld holds the prototypes every image is rendered from.
 type synthWorld struct {
-	dim           int
-	noise         float64
-	classProto    [][]float32
-	colourProto   [][]float32
-	sizeProto     [][]float32
+	dim            int
+	noise          float64
+	classProto     [][]float32
+	colourProto    [][]float32
+	sizeProto      [][]float32
 	minObj, maxObj int
 }
 
