@@ -10,4 +10,20 @@
 // positions (epoch, batch index, example index) rather than from shared
 // generators, so a batch is the same whichever worker builds it and training
 // resumes exactly from a recorded position.
+//
+// Pretraining wires the pieces like this, once per task key (task and
+// dataset):
+//
+//	set, _ := data.NewPretrainSet(txt, img, data.PretrainOptions{MaxTxtLen: 60, Rank: r, World: w, Seed: seed})
+//	stream := data.NewBatchStream(data.NewTokenBucketSampler(10240, seed, true), set.LensFunc(data.TaskMLM), 0)
+//	stream.Seek(saved.Next()) // when resuming after the batch at saved
+//	loader := data.NewLoader(ctx, stream, set.Build(data.TaskMLM), workers, prefetch)
+//	defer loader.Close()
+//
+// and a TaskMixer picks the task key of each optimizer update; every
+// micro-batch of that update comes from the task's loader, whose Next
+// returns the batch and the Position to record in the checkpoint. Batch
+// holds the model's inputs and targets; Release hands its feature buffer
+// back once the batch has been copied to the device. Evaluation uses
+// SequentialBatches with a SliceSource instead of the sampler.
 package data
