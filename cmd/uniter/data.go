@@ -16,12 +16,14 @@ func newDataCmd() *cobra.Command {
 		Short: "Write the synthetic world or build official-format txt_db/img_db",
 		Long: `data prepares inputs in the official UNITER formats: "synth" writes a
 seeded synthetic image-text world with a db for pretraining and for every
-downstream task.`,
+downstream task; "txtdb" builds a txt_db from raw annotations and "imgdb" an
+img_db from per-image .npz region features.`,
 		Example: `  uniter data synth --out /tmp/world
-  uniter data synth --out /tmp/big --images 5000 --seed 7`,
+  uniter data synth --out /tmp/big --images 5000 --seed 7
+  uniter data imgdb --npz-dir feats/ --out img/coco_train2014`,
 		Args: cobra.NoArgs,
 	}
-	cmd.AddCommand(newDataSynthCmd())
+	cmd.AddCommand(newDataSynthCmd(), newDataTxtdbCmd(), newDataImgdbCmd())
 	return cmd
 }
 
