@@ -77,3 +77,19 @@ func BenchmarkImgDBGet(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkTxtDBGet measures random-access txt_db reads (lz4 + msgpack).
+func BenchmarkTxtDBGet(b *testing.B) {
+	db, err := OpenTxtDB("testdata/txt_db")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	ids := db.IDs(100)
+	for i := 0; b.Loop(); i++ {
+		if _, err := db.Get(ids[i%len(ids)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "examples/s")
+}

@@ -2,6 +2,7 @@ package db
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -388,5 +389,53 @@ func TestReadRawNpzErrors(t *testing.T) {
 	_, err := ReadRawNpz([]byte("PK\x03\x04 not really"))
 	if err == nil || !strings.Contains(err.Error(), "npz") {
 		t.Errorf("garbage: %v", err)
+	}
+}
+
+// TestImgDBConcurrentGet reads one db from many goroutines: nbb computed
+// from conf (the "all" layout) and the shared feature size are cached
+// concurrently.
+func TestImgDBConcurrentGet(t *testing.T) {
+	dir := t.TempDir()
+	writeImgDB(t, dir, imgCases()[3])
+	db, err := OpenImgDB(dir, DefaultImgDBOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	want := imgCases()[3].nbb
+	errs := make(chan error, 8)
+	for g := 0; g < 8; g++ {
+		go func(g int) {
+			for i := 0; i < 50; i++ {
+				n := imgOrder[(g+i)%len(imgOrder)]
+				var im *Image
+				var err error
+				if i%2 == 0 {
+					im, err = db.Get(n)
+				} else {
+					im, err = db.GetFeat(n)
+				}
+				if err == nil && im.NBB != want[n] {
+					err = fmt.Errorf("%s: nbb %d, want %d", n, im.NBB, want[n])
+				}
+				if err == nil {
+					var nbb int
+					if nbb, err = db.NBB(n); err == nil && nbb != want[n] {
+						err = fmt.Errorf("%s: NBB() %d", n, nbb)
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}(g)
+	}
+	for g := 0; g < 8; g++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
