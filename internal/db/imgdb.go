@@ -150,7 +150,8 @@ type Image struct {
 	// SoftLabels is [NBB, NumLabels] detector class distributions (1601 VG
 	// classes incl. background); nil when the db has none.
 	SoftLabels []float32
-	NumLabels  int
+	// NumLabels is the soft-label width L (0 without soft labels).
+	NumLabels int
 }
 
 // Box7 returns the [NBB, 7] box features the model embeds: x1, y1, x2, y2,
@@ -254,8 +255,7 @@ func listOrNone(s []string) string {
 	return strings.Join(s, " ")
 }
 
-// Dir returns the img_db directory; SubDir the LMDB sub-directory found in
-// it.
+// Dir returns the img_db directory.
 func (d *ImgDB) Dir() string { return d.dir }
 
 // SubDir returns the name of the LMDB sub-directory in use.
