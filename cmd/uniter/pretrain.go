@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+
+	"github.com/spf13/cobra"
+
+	"uniter/internal/train"
+)
+
+func init() { subcommands = append(subcommands, newPretrainCmd) }
+
+type pretrainOpts struct {
+	config, output string
+	resume         bool
+	steps          int
+	seed           int64
+	sets           []string
+	device         string
+	fp16           bool
+	threads        int
+	quiet          bool
+}
+
+func newPretrainCmd() *cobra.Command {
+	o := pretrainOpts{}
+	cmd := &cobra.Command{
+		Use:   "pretrain --config FILE",
+		Short: "Pretrain UNITER (MLM, MRFR, MRC, MRC-kl, ITM+WRA) from a YAML config",
+		Long: `pretrain runs UNITER pretraining as the official pretrain.py does: per
+optimizer update one task key ({task}_{dataset}) is drawn from the mix-ratio
+pool, gradient_accumulation_steps token-bucket micro-batches of it are
+accumulated, then the update is unscaled (fp16: one dynamic loss scaler per
+task key), clipped to grad_norm and applied by AdamW with the warmup-linear
+schedule. Every valid_steps the validation datasets are evaluated (the same
+code as "uniter eval --task pretrain"), every save_steps a checkpoint is
+written (the newest keep_ckpts are kept).
+
+The config is YAML (the official JSON configs also load) with the keys of
+the official pretraining configs; see configs/pretrain-*.yaml. Any key can be
+overridden with --set key=value or a UNITER_KEY environment variable
+(UNITER_LEARNING_RATE=1e-4). --output holds ckpt/ and log/ (metrics.jsonl,
+config.yaml with the resolved config, model.json, loss/lr/loss-scale PNGs).
+--steps N stops after optimizer step N while the LR schedule keeps following
+num_train_steps, so a run stopped at N and resumed with --resume produces
+exactly the losses of an uninterrupted run.`,
+		Example: `  uniter data synth --out runs/demo/data
+  uniter pretrain --config configs/demo.yaml --output runs/demo/out
+  uniter pretrain --config configs/demo.yaml --output runs/demo/out --resume --steps 2000
+  uniter pretrain --config configs/pretrain-indomain-base-8gpu.yaml --output /storage/indomain \
+      --set train_batch_size=4096 --set n_workers=8 --fp16`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runPretrain(cmd, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.config, "config", "", "YAML (or official JSON) pretraining config")
+	f.StringVar(&o.output, "output", "", "output directory (default: the config's output_dir)")
+	f.BoolVar(&o.resume, "resume", false, "continue from the newest complete checkpoint in --output")
+	f.IntVar(&o.steps, "steps", 0, "stop after this optimizer step (default: num_train_steps)")
+	f.Int64Var(&o.seed, "seed", -1, "override the config's seed")
+	f.StringArrayVar(&o.sets, "set", nil, "override a config key: --set key=value (repeatable)")
+	f.StringVar(&o.device, "device", "", "cpu or cuda (default: cuda when built in and present, else cpu)")
+	f.BoolVar(&o.fp16, "fp16", false, "mixed precision with dynamic loss scaling (emulated fp16 gradients on the CPU)")
+	f.IntVar(&o.threads, "threads", 0, "CPU threads (0: all cores)")
+	f.BoolVar(&o.quiet, "quiet", false, "no progress bar")
+	_ = cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+// loadPretrainConfig merges the config file, UNITER_* environment variables,
+// --set overrides and the flags that shadow config keys.
+func loadPretrainConfig(o pretrainOpts) (*train.Config, error) {
+	v := newConfig()
+	train.SetDefaults(v)
+	if err := train.ReadConfigFile(v, o.config); err != nil {
+		return nil, err
+	}
+	if err := applySets(v, o.sets); err != nil {
+		return nil, err
+	}
+	if o.seed >= 0 {
+		v.Set("seed", strconv.FormatInt(o.seed, 10))
+	}
+	if o.fp16 {
+		v.Set("fp16", true)
+	}
+	if o.output != "" {
+		v.Set("output_dir", o.output)
+	}
+	cfg, err := train.DecodeConfig(v)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", o.config, err)
+	}
+	return cfg, nil
+}
+
+func runPretrain(cmd *cobra.Command, o pretrainOpts) error {
+	if o.steps < 0 {
+		return fmt.Errorf("--steps %d: must be positive", o.steps)
+	}
+	cfg, err := loadPretrainConfig(o)
+	if err != nil {
+		return err
+	}
+	be, err := openBackend(o.device, o.threads)
+	if err != nil {
+		return err
+	}
+	opts := train.Options{Output: cfg.OutputDir, Resume: o.resume, Steps: o.steps, Backend: be, Log: cmd.ErrOrStderr()}
+	if !o.quiet {
+		opts.Progress = cmd.ErrOrStderr()
+	}
+	t, err := train.New(cfg, opts)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := t.Run(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "pretrain: finished at step %d; logs in %s/log, checkpoints in %s/ckpt\n", t.Step(), cfg.OutputDir, cfg.OutputDir)
+	return nil
+}

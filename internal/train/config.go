@@ -1,0 +1,361 @@
+package train
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
+
+	"uniter/internal/data"
+	"uniter/internal/db"
+	"uniter/internal/model"
+)
+
+// Config is a pretraining run: the keys of the official pretraining configs
+// (config/pretrain-*.json) plus the few this implementation adds
+// (checkpointing, logging, loss-scaler and model-size knobs).
+type Config struct {
+	// ModelConfig is a preset (base, large, tiny) or an official model JSON.
+	ModelConfig string `mapstructure:"model_config" yaml:"model_config"`
+	// Model overrides single keys of the model config (zero: keep).
+	Model ModelOverrides `mapstructure:"model" yaml:"model"`
+	// Checkpoint initialises the weights (official .pt or our checkpoint
+	// directory); empty means random initialisation from Seed.
+	Checkpoint string `mapstructure:"checkpoint" yaml:"checkpoint"`
+
+	TrainDatasets []DatasetConfig `mapstructure:"train_datasets" yaml:"train_datasets"`
+	ValDatasets   []DatasetConfig `mapstructure:"val_datasets" yaml:"val_datasets"`
+
+	// TrainBatchSize and ValBatchSize are token budgets (padded tokens per
+	// micro-batch), as the official batch_size of the TokenBucketSampler.
+	TrainBatchSize            int `mapstructure:"train_batch_size" yaml:"train_batch_size"`
+	ValBatchSize              int `mapstructure:"val_batch_size" yaml:"val_batch_size"`
+	GradientAccumulationSteps int `mapstructure:"gradient_accumulation_steps" yaml:"gradient_accumulation_steps"`
+
+	LearningRate float64 `mapstructure:"learning_rate" yaml:"learning_rate"`
+	// LRMul multiplies the learning rate of head parameters (names outside
+	// the uniter. backbone); the official VQA fine-tuning uses 10.
+	LRMul         float64   `mapstructure:"lr_mul" yaml:"lr_mul"`
+	NumTrainSteps int       `mapstructure:"num_train_steps" yaml:"num_train_steps"`
+	WarmupSteps   int       `mapstructure:"warmup_steps" yaml:"warmup_steps"`
+	WeightDecay   float64   `mapstructure:"weight_decay" yaml:"weight_decay"`
+	GradNorm      float64   `mapstructure:"grad_norm" yaml:"grad_norm"`
+	Betas         []float64 `mapstructure:"betas" yaml:"betas"`
+	Dropout       float64   `mapstructure:"dropout" yaml:"dropout"`
+
+	MaxTxtLen int     `mapstructure:"max_txt_len" yaml:"max_txt_len"`
+	ConfTh    float64 `mapstructure:"conf_th" yaml:"conf_th"`
+	MaxBB     int     `mapstructure:"max_bb" yaml:"max_bb"`
+	MinBB     int     `mapstructure:"min_bb" yaml:"min_bb"`
+	NumBB     int     `mapstructure:"num_bb" yaml:"num_bb"`
+
+	MRMProb     float64 `mapstructure:"mrm_prob" yaml:"mrm_prob"`
+	ITMNegProb  float64 `mapstructure:"itm_neg_prob" yaml:"itm_neg_prob"`
+	ITMOTLambda float64 `mapstructure:"itm_ot_lambda" yaml:"itm_ot_lambda"`
+
+	FP16 bool `mapstructure:"fp16" yaml:"fp16"`
+	// LossScale is the initial dynamic loss scale (apex: 2^16) and
+	// LossScaleWindow the clean steps after which it doubles (apex: 2000).
+	LossScale       float64 `mapstructure:"loss_scale" yaml:"loss_scale"`
+	LossScaleWindow int     `mapstructure:"loss_scale_window" yaml:"loss_scale_window"`
+
+	Seed       uint64 `mapstructure:"seed" yaml:"seed"`
+	ValidSteps int    `mapstructure:"valid_steps" yaml:"valid_steps"`
+	SaveSteps  int    `mapstructure:"save_steps" yaml:"save_steps"`
+	KeepCkpts  int    `mapstructure:"keep_ckpts" yaml:"keep_ckpts"`
+	LogSteps   int    `mapstructure:"log_steps" yaml:"log_steps"`
+	NWorkers   int    `mapstructure:"n_workers" yaml:"n_workers"`
+	// OutputDir holds ckpt/ and log/ (the --output flag overrides it).
+	OutputDir string `mapstructure:"output_dir" yaml:"output_dir"`
+}
+
+// ModelOverrides replace keys of the model config named by ModelConfig, so
+// that a config file can shrink a preset (the demo) without a JSON file.
+type ModelOverrides struct {
+	VocabSize             int      `mapstructure:"vocab_size" yaml:"vocab_size,omitempty"`
+	HiddenSize            int      `mapstructure:"hidden_size" yaml:"hidden_size,omitempty"`
+	NumHiddenLayers       int      `mapstructure:"num_hidden_layers" yaml:"num_hidden_layers,omitempty"`
+	NumAttentionHeads     int      `mapstructure:"num_attention_heads" yaml:"num_attention_heads,omitempty"`
+	IntermediateSize      int      `mapstructure:"intermediate_size" yaml:"intermediate_size,omitempty"`
+	MaxPositionEmbeddings int      `mapstructure:"max_position_embeddings" yaml:"max_position_embeddings,omitempty"`
+	ImgDim                int      `mapstructure:"img_dim" yaml:"img_dim,omitempty"`
+	InitializerRange      *float64 `mapstructure:"initializer_range" yaml:"initializer_range,omitempty"`
+}
+
+// DatasetConfig is one entry of train_datasets or val_datasets: txt_dbs with their
+// img_dbs (pairwise) and the tasks run on them. The official spellings db
+// and img are accepted for txt_db and img_db.
+type DatasetConfig struct {
+	Name     string   `mapstructure:"name" yaml:"name"`
+	TxtDB    []string `mapstructure:"txt_db" yaml:"txt_db"`
+	ImgDB    []string `mapstructure:"img_db" yaml:"img_db"`
+	DB       []string `mapstructure:"db" yaml:"-"`
+	Img      []string `mapstructure:"img" yaml:"-"`
+	Tasks    []string `mapstructure:"tasks" yaml:"tasks"`
+	MixRatio []int    `mapstructure:"mix_ratio" yaml:"mix_ratio,omitempty"`
+}
+
+// DefaultConfig holds the official defaults of pretrain.py's arguments and
+// of the shipped base configs.
+func DefaultConfig() Config {
+	return Config{
+		ModelConfig:    "base",
+		TrainBatchSize: 4096, ValBatchSize: 4096, GradientAccumulationSteps: 1,
+		LearningRate: 5e-5, LRMul: 1, NumTrainSteps: 100000, WarmupSteps: 10000,
+		WeightDecay: 0.01, GradNorm: 5.0, Betas: []float64{0.9, 0.98}, Dropout: 0.1,
+		MaxTxtLen: data.DefaultMaxTxtLen, ConfTh: 0.2, MaxBB: 100, MinBB: 10, NumBB: 36,
+		MRMProb: data.MaskProb, ITMNegProb: data.ITMNegProb, ITMOTLambda: 0.1,
+		LossScale: 65536, LossScaleWindow: 2000,
+		Seed: 42, ValidSteps: 1000, SaveSteps: 1000, KeepCkpts: 5, LogSteps: 10, NWorkers: 2,
+	}
+}
+
+// AdamEps is the reference's Adam epsilon (not configurable there either).
+const AdamEps = 1e-6
+
+// SetDefaults registers every key's default in v so that UNITER_* environment
+// variables and --set apply to keys the file does not mention.
+func SetDefaults(v *viper.Viper) {
+	var m map[string]any
+	d := DefaultConfig()
+	_ = mapstructure.Decode(d, &m)
+	for k, val := range m {
+		if k == "model" || k == "train_datasets" || k == "val_datasets" {
+			continue
+		}
+		v.SetDefault(k, val)
+	}
+}
+
+// DecodeConfig reads the merged settings of v (file, environment, --set)
+// into a Config and validates it. Unknown keys are an error, so a typo does
+// not silently fall back to a default.
+func DecodeConfig(v *viper.Viper) (*Config, error) {
+	c := DefaultConfig()
+	dc := &mapstructure.DecoderConfig{
+		Result:           &c,
+		WeaklyTypedInput: true,
+		ErrorUnused:      true,
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(
+			mapstructure.StringToSliceHookFunc(","),
+			stringToFloatPtr,
+		),
+	}
+	dec, err := mapstructure.NewDecoder(dc)
+	if err != nil {
+		return nil, err
+	}
+	// The file's lists replace the defaults instead of merging into them.
+	c.Betas = nil
+	if err := dec.Decode(v.AllSettings()); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if c.Betas == nil {
+		c.Betas = DefaultConfig().Betas
+	}
+	for _, list := range []*[]DatasetConfig{&c.TrainDatasets, &c.ValDatasets} {
+		for i := range *list {
+			d := &(*list)[i]
+			d.TxtDB = append(d.TxtDB, d.DB...)
+			d.ImgDB = append(d.ImgDB, d.Img...)
+			d.DB, d.Img = nil, nil
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// stringToFloatPtr lets --set model.initializer_range=0.05 reach a *float64.
+func stringToFloatPtr(from, to reflect.Type, v any) (any, error) {
+	if to != reflect.TypeOf((*float64)(nil)) {
+		return v, nil
+	}
+	var f float64
+	switch x := v.(type) {
+	case string:
+		if _, err := fmt.Sscan(x, &f); err != nil {
+			return nil, fmt.Errorf("%q is not a number", x)
+		}
+	case float64:
+		f = x
+	case int:
+		f = float64(x)
+	default:
+		return v, nil
+	}
+	return &f, nil
+}
+
+// Validate reports the first invalid value as "key = value: reason".
+func (c *Config) Validate() error {
+	bad := func(key string, v any, why string) error {
+		return fmt.Errorf("config: %s = %v: %s", key, v, why)
+	}
+	positive := []struct {
+		key string
+		v   int
+	}{
+		{"train_batch_size", c.TrainBatchSize}, {"val_batch_size", c.ValBatchSize},
+		{"gradient_accumulation_steps", c.GradientAccumulationSteps}, {"num_train_steps", c.NumTrainSteps},
+		{"valid_steps", c.ValidSteps}, {"save_steps", c.SaveSteps}, {"keep_ckpts", c.KeepCkpts},
+		{"log_steps", c.LogSteps}, {"n_workers", c.NWorkers}, {"loss_scale_window", c.LossScaleWindow},
+		{"max_bb", c.MaxBB}, {"min_bb", c.MinBB}, {"num_bb", c.NumBB},
+	}
+	for _, p := range positive {
+		if p.v <= 0 {
+			return bad(p.key, p.v, "must be positive")
+		}
+	}
+	switch {
+	case c.ModelConfig == "":
+		return bad("model_config", `""`, "name a preset (base, large, tiny) or a model JSON")
+	case !(c.LearningRate > 0) || math.IsInf(c.LearningRate, 0):
+		return bad("learning_rate", c.LearningRate, "must be positive")
+	case !(c.LRMul > 0):
+		return bad("lr_mul", c.LRMul, "must be positive")
+	case c.WarmupSteps < 0 || c.WarmupSteps >= c.NumTrainSteps:
+		return bad("warmup_steps", c.WarmupSteps, fmt.Sprintf("must be in [0, num_train_steps %d)", c.NumTrainSteps))
+	case !(c.WeightDecay >= 0):
+		return bad("weight_decay", c.WeightDecay, "must be >= 0")
+	case c.GradNorm != -1 && !(c.GradNorm > 0):
+		return bad("grad_norm", c.GradNorm, "must be positive or -1 (no clipping)")
+	case len(c.Betas) != 2 || !(c.Betas[0] >= 0 && c.Betas[0] < 1) || !(c.Betas[1] >= 0 && c.Betas[1] < 1):
+		return bad("betas", c.Betas, "want two values in [0, 1)")
+	case !(c.Dropout >= 0 && c.Dropout < 1):
+		return bad("dropout", c.Dropout, "must be in [0, 1)")
+	case c.MaxTxtLen == 0 || c.MaxTxtLen < -1:
+		return bad("max_txt_len", c.MaxTxtLen, "must be positive or -1 (no limit)")
+	case c.ConfTh != -1 && !(c.ConfTh >= 0 && c.ConfTh < 1):
+		return bad("conf_th", c.ConfTh, "must be in [0, 1) or -1 (fixed num_bb)")
+	case c.MinBB > c.MaxBB:
+		return bad("min_bb", c.MinBB, fmt.Sprintf("exceeds max_bb %d", c.MaxBB))
+	case !(c.MRMProb > 0 && c.MRMProb < 1):
+		return bad("mrm_prob", c.MRMProb, "must be in (0, 1)")
+	case !(c.ITMNegProb > 0 && c.ITMNegProb < 1):
+		return bad("itm_neg_prob", c.ITMNegProb, "must be in (0, 1)")
+	case !(c.ITMOTLambda >= 0):
+		return bad("itm_ot_lambda", c.ITMOTLambda, "must be >= 0")
+	case !(c.LossScale >= 1) || math.IsInf(c.LossScale, 0):
+		return bad("loss_scale", c.LossScale, "must be >= 1")
+	case len(c.TrainDatasets) == 0:
+		return bad("train_datasets", "[]", "need at least one dataset")
+	}
+	if err := validateDatasets("train_datasets", c.TrainDatasets, true); err != nil {
+		return err
+	}
+	return validateDatasets("val_datasets", c.ValDatasets, false)
+}
+
+// TaskNames are the pretraining tasks a dataset may list.
+var TaskNames = []string{data.TaskMLM, data.TaskMRFR, data.TaskMRC, data.TaskMRCKL, data.TaskITM}
+
+func validateDatasets(key string, ds []DatasetConfig, train bool) error {
+	seen := map[string]bool{}
+	for i, d := range ds {
+		at := fmt.Sprintf("%s[%d]", key, i)
+		switch {
+		case d.Name == "" || strings.Contains(d.Name, "_"):
+			return fmt.Errorf("config: %s.name = %q: need a name without '_' (task keys are {task}_{name})", at, d.Name)
+		case seen[d.Name]:
+			return fmt.Errorf("config: %s.name = %q: used twice", at, d.Name)
+		case len(d.TxtDB) == 0:
+			return fmt.Errorf("config: %s.txt_db: empty", at)
+		case len(d.TxtDB) != len(d.ImgDB):
+			return fmt.Errorf("config: %s: %d txt_db and %d img_db entries, want pairs", at, len(d.TxtDB), len(d.ImgDB))
+		case len(d.Tasks) == 0:
+			return fmt.Errorf("config: %s.tasks: empty", at)
+		case train && len(d.MixRatio) != len(d.Tasks):
+			return fmt.Errorf("config: %s.mix_ratio = %v: want one ratio per task %v", at, d.MixRatio, d.Tasks)
+		}
+		seen[d.Name] = true
+		for j, t := range d.Tasks {
+			if !slices.Contains(TaskNames, t) {
+				return fmt.Errorf("config: %s.tasks[%d] = %q: want one of %s", at, j, t, strings.Join(TaskNames, ", "))
+			}
+			if train && d.MixRatio[j] <= 0 {
+				return fmt.Errorf("config: %s.mix_ratio[%d] = %d: must be positive", at, j, d.MixRatio[j])
+			}
+		}
+	}
+	return nil
+}
+
+// ImgDBOptions are the img_db layout options of the config.
+func (c *Config) ImgDBOptions() db.ImgDBOptions {
+	o := db.DefaultImgDBOptions()
+	o.ConfTh, o.MaxBB, o.MinBB, o.NumBB = c.ConfTh, c.MaxBB, c.MinBB, c.NumBB
+	return o
+}
+
+// ResolveModel returns the model config: ModelConfig (or the config embedded
+// in Checkpoint when ModelConfig is "checkpoint"), then the overrides, then
+// the dropout of the run.
+func (c *Config) ResolveModel() (model.Config, error) {
+	var mc model.Config
+	if c.ModelConfig == "checkpoint" {
+		_, embedded, err := model.ReadCheckpoint(c.Checkpoint)
+		if err != nil {
+			return mc, err
+		}
+		if embedded == nil {
+			return mc, fmt.Errorf("config: model_config = checkpoint: checkpoint %q carries no model config", c.Checkpoint)
+		}
+		mc = *embedded
+	} else {
+		var err error
+		if mc, err = model.LoadConfig(c.ModelConfig); err != nil {
+			return mc, fmt.Errorf("config: model_config = %q: %w", c.ModelConfig, err)
+		}
+	}
+	o := c.Model
+	for _, f := range []struct {
+		dst *int
+		v   int
+	}{
+		{&mc.VocabSize, o.VocabSize}, {&mc.HiddenSize, o.HiddenSize}, {&mc.NumHiddenLayers, o.NumHiddenLayers},
+		{&mc.NumAttentionHeads, o.NumAttentionHeads}, {&mc.IntermediateSize, o.IntermediateSize},
+		{&mc.MaxPositionEmbeddings, o.MaxPositionEmbeddings}, {&mc.ImgDim, o.ImgDim},
+	} {
+		if f.v != 0 {
+			*f.dst = f.v
+		}
+	}
+	if o.InitializerRange != nil {
+		mc.InitializerRange = *o.InitializerRange
+	}
+	// set_dropout of the reference: one probability for every dropout.
+	mc.HiddenDropoutProb, mc.AttentionProbsDropoutProb = c.Dropout, c.Dropout
+	if err := mc.Validate(); err != nil {
+		return mc, fmt.Errorf("config: model: %w", err)
+	}
+	return mc, nil
+}
+
+// YAML is the fully resolved config as written to log/config.yaml.
+func (c *Config) YAML() []byte {
+	b, err := yaml.Marshal(c)
+	if err != nil {
+		panic(fmt.Sprintf("train: config does not marshal: %v", err))
+	}
+	return b
+}
+
+// ReadConfigFile loads a YAML (or JSON) config file into v.
+func ReadConfigFile(v *viper.Viper, path string) error {
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	v.SetConfigFile(path)
+	if err := v.ReadInConfig(); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}

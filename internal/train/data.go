@@ -1,0 +1,143 @@
+package train
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"uniter/internal/data"
+	"uniter/internal/db"
+)
+
+// Dataset is what the trainer and the evaluator read a task's batches
+// from: *data.PretrainSet, or several of them concatenated.
+type Dataset interface {
+	// Lens are the sampler lengths of a task's epoch.
+	Lens(task string, epoch int) ([]int, error)
+	// Build decodes and collates one batch of a task.
+	Build(task string) data.BuildFunc[*data.Batch]
+}
+
+// concatSet joins the (txt_db, img_db) pairs of one configured dataset
+// into one index space, as the reference's ConcatDatasetWithLens: the
+// sampler mixes their examples, and each example is built by its own set
+// (ITM negatives are drawn within that set's images).
+type concatSet struct {
+	sets   []*data.PretrainSet
+	starts []int // index of each set's first example
+	imgDim int
+}
+
+func (c *concatSet) Lens(task string, epoch int) ([]int, error) {
+	var lens []int
+	for _, s := range c.sets {
+		l, err := s.Lens(task, epoch)
+		if err != nil {
+			return nil, err
+		}
+		lens = append(lens, l...)
+	}
+	return lens, nil
+}
+
+func (c *concatSet) Build(task string) data.BuildFunc[*data.Batch] {
+	return func(ctx context.Context, j data.Job) (*data.Batch, error) {
+		exs := make([]*data.Example, len(j.Indices))
+		for k, i := range j.Indices {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			s := sort.Search(len(c.starts), func(n int) bool { return c.starts[n] > i }) - 1
+			ex, err := c.sets[s].Example(task, j.Pos.Epoch, i-c.starts[s])
+			if err != nil {
+				return nil, err
+			}
+			exs[k] = ex
+		}
+		return data.Collate(exs, c.imgDim)
+	}
+}
+
+// DBs opens each txt_db and img_db once, however many datasets name it
+// (the reference's ImageLmdbGroup).
+type DBs struct {
+	imgOpts db.ImgDBOptions
+	txt     map[string]*db.TxtDB
+	img     map[string]*db.ImgDB
+}
+
+// NewDBs returns an empty cache reading img_dbs with opts.
+func NewDBs(opts db.ImgDBOptions) *DBs {
+	return &DBs{imgOpts: opts, txt: map[string]*db.TxtDB{}, img: map[string]*db.ImgDB{}}
+}
+
+// Txt opens (once) the txt_db in dir.
+func (c *DBs) Txt(dir string) (*db.TxtDB, error) {
+	if t, ok := c.txt[dir]; ok {
+		return t, nil
+	}
+	t, err := db.OpenTxtDB(dir)
+	if err != nil {
+		return nil, err
+	}
+	c.txt[dir] = t
+	return t, nil
+}
+
+// Img opens (once) the img_db in dir.
+func (c *DBs) Img(dir string) (*db.ImgDB, error) {
+	if d, ok := c.img[dir]; ok {
+		return d, nil
+	}
+	d, err := db.OpenImgDB(dir, c.imgOpts)
+	if err != nil {
+		return nil, err
+	}
+	c.img[dir] = d
+	return d, nil
+}
+
+// Close closes every db opened.
+func (c *DBs) Close() {
+	for _, t := range c.txt {
+		t.Close()
+	}
+	for _, d := range c.img {
+		d.Close()
+	}
+}
+
+// OpenDataset opens the pairs of txt and img dbs as one Dataset. Every
+// txt_db's vocabulary must fit a model of vocabSize words.
+func OpenDataset(c *DBs, txtDirs, imgDirs []string, opts data.PretrainOptions, vocabSize int) (Dataset, error) {
+	if len(txtDirs) != len(imgDirs) || len(txtDirs) == 0 {
+		return nil, fmt.Errorf("dataset: %d txt_dbs and %d img_dbs, want matching non-empty lists", len(txtDirs), len(imgDirs))
+	}
+	cs := &concatSet{imgDim: opts.ImgDim}
+	n := 0
+	for i, dir := range txtDirs {
+		txt, err := c.Txt(dir)
+		if err != nil {
+			return nil, err
+		}
+		if m := txt.Meta(); m.VRange[1] > vocabSize || max(m.CLS, m.SEP, m.MASK, m.UNK) >= vocabSize {
+			return nil, fmt.Errorf("txt_db %s: vocabulary of %d ids (meta.json v_range %v) does not fit the model's vocab_size %d",
+				dir, max(m.VRange[1], m.CLS+1, m.SEP+1, m.MASK+1), m.VRange, vocabSize)
+		}
+		img, err := c.Img(imgDirs[i])
+		if err != nil {
+			return nil, err
+		}
+		set, err := data.NewPretrainSet(txt, img, opts)
+		if err != nil {
+			return nil, err
+		}
+		if len(txtDirs) == 1 {
+			return set, nil
+		}
+		cs.sets = append(cs.sets, set)
+		cs.starts = append(cs.starts, n)
+		n += set.Len()
+	}
+	return cs, nil
+}

@@ -1,0 +1,122 @@
+package train
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"uniter/internal/data"
+	"uniter/internal/tasks"
+)
+
+// Metrics are one task's evaluation numbers, named as the reference's
+// validation logs them.
+type Metrics map[string]float64
+
+// EvalOptions configure an evaluation pass.
+type EvalOptions struct {
+	// Budget is the token budget of a batch (val_batch_size).
+	Budget int
+	// Workers decode batches ahead of the model.
+	Workers int
+}
+
+// EvaluateTask runs task over every example of ds (epoch 0: the masks and
+// ITM negatives the seed gives) in evaluation mode and reduces the results
+// as the reference's validate_* functions:
+//
+//	mlm:   loss (cross-entropy per masked token), acc
+//	mrfr:  loss (squared error per feature element)
+//	mrc:   loss (cross-entropy per masked region), acc
+//	mrckl: loss (KL divergence per masked region, summed over classes)
+//	itm:   loss (cross-entropy per example), acc, and with WRA ot_loss,
+//	       ot_pos, ot_neg (mean transport distance of matched and
+//	       mismatched pairs)
+//
+// plus n, the number of predictions. The model's train/eval mode is left in
+// evaluation mode.
+func EvaluateTask(ctx context.Context, p *tasks.Pretrain, ds Dataset, task string, o EvalOptions) (Metrics, error) {
+	lens, err := ds.Lens(task, 0)
+	if err != nil {
+		return nil, err
+	}
+	batches, err := data.SequentialBatches(lens, o.Budget, 0)
+	if err != nil {
+		return nil, err
+	}
+	loader := data.NewLoader(ctx, data.NewSliceSource(batches), ds.Build(task), o.Workers, 2*max(o.Workers, 1))
+	defer loader.Close()
+	p.M.SetTrain(false)
+	var sumLoss, sumXE, sumOT, sumPos, sumNeg float64
+	var correct, count, nPos, nNeg int
+	for {
+		b, _, err := loader.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		res, err := p.Step(task, b, false, 1)
+		if err != nil {
+			return nil, err
+		}
+		correct += res.Correct
+		count += res.Count
+		if task == data.TaskITM {
+			sumXE += res.Parts["itm_loss"] * float64(res.Count)
+			sumOT += res.Parts["ot_loss"] * float64(res.Count)
+			pos := 0
+			for _, y := range b.Labels {
+				pos += int(y)
+			}
+			sumPos += res.Parts["ot_pos"] * float64(pos)
+			sumNeg += res.Parts["ot_neg"] * float64(b.B-pos)
+			nPos += pos
+			nNeg += b.B - pos
+		} else {
+			sumLoss += res.Loss * float64(res.Count)
+		}
+		b.Release()
+	}
+	m := Metrics{"n": float64(count)}
+	if count == 0 {
+		return m, nil
+	}
+	n := float64(count)
+	switch task {
+	case data.TaskMLM, data.TaskMRC:
+		m["loss"], m["acc"] = sumLoss/n, float64(correct)/n
+	case data.TaskMRFR:
+		m["loss"] = sumLoss / n
+	case data.TaskMRCKL:
+		// Training averages over every class of every region; the
+		// reference's validation sums over classes (reduction='sum' / n_feat).
+		m["loss"] = sumLoss / n * float64(p.M.Cfg.ImgLabelDim)
+	case data.TaskITM:
+		m["loss"], m["acc"] = sumXE/n, float64(correct)/n
+		if p.OTWeight != 0 {
+			m["ot_loss"] = sumOT / n
+			if nPos > 0 {
+				m["ot_pos"] = sumPos / float64(nPos)
+			}
+			if nNeg > 0 {
+				m["ot_neg"] = sumNeg / float64(nNeg)
+			}
+		}
+	}
+	return m, nil
+}
+
+// Evaluate runs EvaluateTask for each task, keyed by task.
+func Evaluate(ctx context.Context, p *tasks.Pretrain, ds Dataset, taskNames []string, o EvalOptions) (map[string]Metrics, error) {
+	out := map[string]Metrics{}
+	for _, t := range taskNames {
+		m, err := EvaluateTask(ctx, p, ds, t, o)
+		if err != nil {
+			return nil, err
+		}
+		out[t] = m
+	}
+	return out, nil
+}

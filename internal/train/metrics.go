@@ -1,0 +1,178 @@
+package train
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Row is one line of log/metrics.jsonl: named values in a fixed order, so
+// that the file reads the same way every run.
+type Row []Field
+
+// Field is one named value of a Row.
+type Field struct {
+	Key   string
+	Value any
+}
+
+// MarshalJSON writes the fields as one JSON object in order.
+func (r Row) MarshalJSON() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, f := range r {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		k, _ := json.Marshal(f.Key)
+		v, err := json.Marshal(f.Value)
+		if err != nil {
+			return nil, fmt.Errorf("metrics field %s: %w", f.Key, err)
+		}
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(v)
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
+}
+
+// Record is a metrics.jsonl row read back.
+type Record map[string]any
+
+// Step is the row's optimizer step.
+func (r Record) Step() int {
+	f, _ := r["step"].(float64)
+	return int(f)
+}
+
+// Float returns a numeric field (false when absent).
+func (r Record) Float(key string) (float64, bool) {
+	f, ok := r[key].(float64)
+	return f, ok
+}
+
+// String returns a string field ("" when absent).
+func (r Record) String(key string) string {
+	s, _ := r[key].(string)
+	return s
+}
+
+// metricsLog appends rows to metrics.jsonl and keeps them for the plots.
+type metricsLog struct {
+	path    string
+	f       *os.File
+	records []Record
+}
+
+// openMetrics opens path for appending. When resuming at step, rows past
+// step (logged after the checkpoint the run resumes from) are dropped so
+// that the file reads as one uninterrupted run; a torn last line is
+// dropped too.
+func openMetrics(path string, resumeStep int, resume bool) (*metricsLog, error) {
+	l := &metricsLog{path: path}
+	if resume {
+		b, err := os.ReadFile(path)
+		if err != nil && !os.IsNotExist(err) {
+			return nil, fmt.Errorf("metrics %s: %w", path, err)
+		}
+		var keep bytes.Buffer
+		lines := bytes.Split(b, []byte("\n"))
+		for i, line := range lines {
+			if len(line) == 0 {
+				continue
+			}
+			var r Record
+			if err := json.Unmarshal(line, &r); err != nil {
+				// Only the last line can be torn by a crash mid-write.
+				if i == len(lines)-1 {
+					break
+				}
+				return nil, fmt.Errorf("metrics %s: line %d: %w", path, i+1, err)
+			}
+			if r.Step() <= resumeStep {
+				keep.Write(line)
+				keep.WriteByte('\n')
+				l.records = append(l.records, r)
+			}
+		}
+		if err := writeFileSync(path, keep.Bytes()); err != nil {
+			return nil, fmt.Errorf("metrics %s: %w", path, err)
+		}
+	}
+	flag := os.O_CREATE | os.O_WRONLY | os.O_APPEND
+	if !resume {
+		flag |= os.O_TRUNC
+	}
+	f, err := os.OpenFile(path, flag, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	l.f = f
+	return l, nil
+}
+
+// Write appends one row.
+func (l *metricsLog) Write(r Row) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if _, err := l.f.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("metrics %s: %w", l.path, err)
+	}
+	var rec Record
+	_ = json.Unmarshal(b, &rec)
+	l.records = append(l.records, rec)
+	return nil
+}
+
+// Sync flushes the file to disk (before a checkpoint claims the steps).
+func (l *metricsLog) Sync() error { return l.f.Sync() }
+
+// Close closes the file.
+func (l *metricsLog) Close() error { return l.f.Close() }
+
+// ReadMetrics reads every row of a metrics.jsonl file.
+func ReadMetrics(path string) ([]Record, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	var out []Record
+	for i, line := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		var r Record
+		if err := json.Unmarshal(line, &r); err != nil {
+			return nil, fmt.Errorf("metrics %s: line %d: %w", path, i+1, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// writeFileSync writes b to path through a synced temporary file and a
+// rename, so a crash leaves either the old or the new content.
+func writeFileSync(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
