@@ -103,6 +103,12 @@ type Backend interface {
 	// gradient. loss [N] receives -log softmax(logits)[label]; dlogits [N,C]
 	// (may alias logits) receives (softmax - onehot) * gradScale.
 	SoftmaxXent(loss, dlogits, logits, labels *Tensor, ignore int32, gradScale float32)
+	// SoftmaxKL computes per-row KL divergence of q = softmax(logits)
+	// [N,C] from target [N,C] (MRC-kl's kl_div(log_softmax(logits),
+	// target)). loss [N] receives sum_j t_j*(log t_j - log q_j), where terms
+	// with t_j = 0 are 0; dlogits [N,C] (may alias logits) receives
+	// (q*sum_j t_j - t) * gradScale.
+	SoftmaxKL(loss, dlogits, logits, target *Tensor, gradScale float32)
 
 	// SumSq returns sum(x^2) in float64 (global gradient norms).
 	SumSq(x *Tensor) float64

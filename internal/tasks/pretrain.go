@@ -5,23 +5,35 @@
 // by optimal transport (WRA). Each task selects the joint rows its head
 // reads, computes the loss exactly as the official code reduces it, and
 // feeds the gradient back into the model.
+//
+// Heads address the compact joint layout of model.Input (reference 1.5):
+// text position j of example i is joint row i*S+j, and region r of example
+// i is joint row i*S+tl_i+r.
 package tasks
 
 import (
 	"fmt"
 
+	"uniter/internal/compute"
 	"uniter/internal/data"
 	"uniter/internal/model"
 )
 
 // ModelInput converts a collated batch to the model's input. Region masks
-// are passed through when the batch has them.
+// are passed through when the batch has them; a batch without text or
+// without regions becomes a single-modality input.
 func ModelInput(b *data.Batch) *model.Input {
 	in := &model.Input{
 		B: b.B, T: b.Tmax, N: b.Nmax,
 		InputIDs: b.InputIDs, TxtTypeIDs: b.TxtTypeIDs, TxtLens: b.TxtLens,
 		ImgFeat: b.ImgFeat, ImgPos: b.ImgPos, ImgTypeIDs: b.ImgTypeIDs, NBB: b.NBB,
 		GatherIndex: b.GatherIndex,
+	}
+	if b.Tmax == 0 {
+		in.InputIDs = nil
+	}
+	if b.Nmax == 0 {
+		in.ImgFeat = nil
 	}
 	if b.ImgMasks != nil {
 		in.ImgMasks = make([]int32, len(b.ImgMasks))
@@ -39,7 +51,10 @@ type Result struct {
 	// Loss is the task loss as the reference reduces it (ITM: itm_ce +
 	// OTWeight*ot_loss).
 	Loss float64
-	// Parts holds named components of the loss, e.g. "itm_loss", "ot_loss".
+	// Parts holds named components of the loss: "itm_loss", "ot_loss" and,
+	// when the batch has such examples, "ot_pos" and "ot_neg" (mean
+	// distance of matched and mismatched pairs, as the reference logs
+	// them). Nil for single-component tasks.
 	Parts map[string]float64
 	// Correct counts correct predictions (MLM tokens, MRC regions, ITM
 	// examples); 0 for MRFR and MRC-kl.
@@ -58,7 +73,8 @@ type Result struct {
 type Pretrain struct {
 	M *model.Model
 	H *model.PretrainHeads
-	// OTWeight is the WRA weight lambda (0.1 in every official config).
+	// OTWeight is the WRA weight lambda (0.1 in every official config); 0
+	// leaves WRA out of ITM steps.
 	OTWeight float64
 	// FP16 emulates fp16 gradients: the gradient entering the backbone
 	// (GradSeq, GradPooled) is rounded to fp16, so a too-large loss scale
@@ -70,7 +86,127 @@ type Pretrain struct {
 // forward, the loss, and when backward is set the backward of
 // loss*gradScale, accumulating (+=) into the parameters' gradients. The
 // caller zeroes gradients per optimizer window and sets train/eval mode and
-// the dropout step seed on the model.
+// the dropout step seed on the model. A batch that lacks the targets of the
+// task, or whose targets are out of range, is an error and runs nothing.
 func (p *Pretrain) Step(task string, b *data.Batch, backward bool, gradScale float32) (Result, error) {
-	return Result{}, fmt.Errorf("task %q: not implemented yet", task)
+	var run func(*data.Batch, bool, float32) (Result, error)
+	switch task {
+	case data.TaskMLM:
+		run = p.mlm
+	case data.TaskMRFR:
+		run = p.mrfr
+	case data.TaskMRC:
+		run = p.mrc
+	case data.TaskMRCKL:
+		run = p.mrckl
+	case data.TaskITM:
+		run = p.itm
+	default:
+		return Result{}, fmt.Errorf("unknown pretraining task %q (want %s, %s, %s, %s or %s)",
+			task, data.TaskMLM, data.TaskMRFR, data.TaskMRC, data.TaskMRCKL, data.TaskITM)
+	}
+	if p.M == nil || p.H == nil {
+		return Result{}, fmt.Errorf("%s: pretraining needs a model and its pretraining heads", task)
+	}
+	if b == nil || b.B == 0 {
+		return Result{}, fmt.Errorf("%s: empty batch", task)
+	}
+	if len(b.TxtLens) != b.B || len(b.NBB) != b.B {
+		return Result{}, fmt.Errorf("%s: batch of %d has %d text lengths and %d region counts", task, b.B, len(b.TxtLens), len(b.NBB))
+	}
+	res, err := run(b, backward, gradScale)
+	if err != nil {
+		return Result{}, fmt.Errorf("%s: %w", task, err)
+	}
+	res.Examples = b.B
+	res.Tokens = b.Tokens()
+	return res, nil
+}
+
+// forward runs the backbone on b. Only the region-modelling tasks give the
+// model the region masks (the reference passes img_masks for them alone).
+func (p *Pretrain) forward(b *data.Batch, masks bool) error {
+	in := ModelInput(b)
+	if !masks {
+		in.ImgMasks = nil
+	}
+	if in.InputIDs == nil || in.ImgFeat == nil {
+		return fmt.Errorf("pretraining needs text and regions in every batch (Tmax %d, Nmax %d)", b.Tmax, b.Nmax)
+	}
+	return p.M.Forward(in)
+}
+
+// backward propagates what the heads accumulated in GradSeq and GradPooled
+// through the backbone.
+func (p *Pretrain) backward() {
+	if p.FP16 {
+		be := p.M.Backend()
+		be.RoundFP16(p.M.GradSeq())
+		be.RoundFP16(p.M.GradPooled())
+	}
+	p.M.Backward(false)
+}
+
+// xent is the softmax cross-entropy of logits [n, C] against labels,
+// averaged over all n rows as the reference's loss.mean() does (ignored
+// rows count in n with loss 0). It overwrites logits with the gradient of
+// the mean times gradScale and returns the mean loss and how many rows'
+// argmax over classes [from, C) equals their label.
+func xent(be compute.Backend, logits *compute.Tensor, labels []int32, ignore int32, from int, gradScale float32) (float64, int) {
+	n, c := logits.Rows(), logits.Cols()
+	// The argmax needs the logits before the in-place gradient replaces
+	// them; the backend has no argmax, so they come to the host.
+	host := be.ToF32(logits)
+	correct := 0
+	for i, y := range labels {
+		row := host[i*c : (i+1)*c]
+		best := from
+		for j := from + 1; j < c; j++ {
+			if row[j] > row[best] {
+				best = j
+			}
+		}
+		if y != ignore && int32(best) == y {
+			correct++
+		}
+	}
+	loss := be.Alloc(compute.F32, n)
+	be.SoftmaxXent(loss, logits, logits, be.FromI32(labels, n), ignore, gradScale/float32(n))
+	return be.Sum(loss) / float64(n), correct
+}
+
+// regionRows returns the joint rows of the masked regions in target order
+// (example, then region), checking that every masked region exists.
+func regionRows(b *data.Batch, s int) ([]int32, error) {
+	if b.ImgMasks == nil || b.NMasked == 0 {
+		return nil, fmt.Errorf("batch has no masked regions")
+	}
+	if len(b.ImgMasks) != b.B*b.Nmax {
+		return nil, fmt.Errorf("img_masks has %d entries, want %d x %d", len(b.ImgMasks), b.B, b.Nmax)
+	}
+	rows := make([]int32, 0, b.NMasked)
+	for i := range b.B {
+		for r, m := range b.ImgMasks[i*b.Nmax : (i+1)*b.Nmax] {
+			if !m {
+				continue
+			}
+			if r >= b.NBB[i] {
+				return nil, fmt.Errorf("example %d: region %d is masked but the example has %d regions", i, r, b.NBB[i])
+			}
+			rows = append(rows, int32(i*s+b.TxtLens[i]+r))
+		}
+	}
+	if len(rows) != b.NMasked {
+		return nil, fmt.Errorf("img_masks marks %d regions, the batch counts %d", len(rows), b.NMasked)
+	}
+	return rows, nil
+}
+
+// seqLen is the joint length S the model uses for b: the longest example.
+func seqLen(b *data.Batch) int {
+	s := 0
+	for i, tl := range b.TxtLens {
+		s = max(s, tl+b.NBB[i])
+	}
+	return s
 }
