@@ -48,7 +48,7 @@ func (e *otExample) cost() {
 	for i := range m {
 		xi := e.xn[i*h : (i+1)*h]
 		for j := range n {
-			e.c[i*n+j] = 1 - float32(dot(xi, e.yn[j*h:(j+1)*h]))
+			e.c[i*n+j] = 1 - dot32(xi, e.yn[j*h:(j+1)*h])
 		}
 	}
 }
@@ -69,13 +69,60 @@ func normalizeRows(x []float32, rows, h int) ([]float32, []float64) {
 	return xn, norms
 }
 
-// dot is sum(a*b) accumulated in float64.
+// dot is sum(a*b) accumulated in float64; four partial sums keep the
+// additions from waiting on each other.
 func dot(a, b []float32) float64 {
-	var s float64
-	for k, v := range a {
-		s += float64(v) * float64(b[k])
+	b = b[:len(a)]
+	var s0, s1, s2, s3 float64
+	k := 0
+	for ; k+4 <= len(a); k += 4 {
+		s0 += float64(a[k]) * float64(b[k])
+		s1 += float64(a[k+1]) * float64(b[k+1])
+		s2 += float64(a[k+2]) * float64(b[k+2])
+		s3 += float64(a[k+3]) * float64(b[k+3])
 	}
-	return s
+	for ; k < len(a); k++ {
+		s0 += float64(a[k]) * float64(b[k])
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+// dot32 is sum(a*b) in float32, as a float32 matmul accumulates, with
+// eight partial sums: the cost matrix is most of WRA's work.
+func dot32(a, b []float32) float32 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3, s4, s5, s6, s7 float32
+	k := 0
+	for ; k+8 <= len(a); k += 8 {
+		s0 += a[k] * b[k]
+		s1 += a[k+1] * b[k+1]
+		s2 += a[k+2] * b[k+2]
+		s3 += a[k+3] * b[k+3]
+		s4 += a[k+4] * b[k+4]
+		s5 += a[k+5] * b[k+5]
+		s6 += a[k+6] * b[k+6]
+		s7 += a[k+7] * b[k+7]
+	}
+	for ; k < len(a); k++ {
+		s0 += a[k] * b[k]
+	}
+	return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+}
+
+// axpy sets y += alpha*x in float32, unrolled by four (twice as fast as
+// the plain loop).
+func axpy(alpha float32, x, y []float32) {
+	y = y[:len(x)]
+	k := 0
+	for ; k+4 <= len(x); k += 4 {
+		y[k] += alpha * x[k]
+		y[k+1] += alpha * x[k+1]
+		y[k+2] += alpha * x[k+2]
+		y[k+3] += alpha * x[k+3]
+	}
+	for ; k < len(x); k++ {
+		y[k] += alpha * x[k]
+	}
 }
 
 // ipot runs the official IPOT loop on the cost c [m, n] and returns the
@@ -143,19 +190,21 @@ func (e *otExample) dist() float64 {
 // normalisation.
 func (e *otExample) backward(coef float64, dx, dy []float32) {
 	m, n, h := e.m, e.n, e.h
-	dxn := make([]float64, m*h)
-	dyn := make([]float64, n*h)
+	// dC[i,j] = coef*T[j,i]; the normalised rows get -dC Yn and -dC^T Xn,
+	// each accumulated row by row so that the row being summed stays in
+	// cache.
+	dxn := make([]float32, m*h)
 	for i := range m {
-		xi := e.xn[i*h : (i+1)*h]
 		gx := dxn[i*h : (i+1)*h]
 		for j := range n {
-			g := -coef * float64(e.t[j*m+i])
-			yj := e.yn[j*h : (j+1)*h]
-			gy := dyn[j*h : (j+1)*h]
-			for k := range h {
-				gx[k] += g * float64(yj[k])
-				gy[k] += g * float64(xi[k])
-			}
+			axpy(float32(-coef*float64(e.t[j*m+i])), e.yn[j*h:(j+1)*h], gx)
+		}
+	}
+	dyn := make([]float32, n*h)
+	for j := range n {
+		gy := dyn[j*h : (j+1)*h]
+		for i := range m {
+			axpy(float32(-coef*float64(e.t[j*m+i])), e.xn[i*h:(i+1)*h], gy)
 		}
 	}
 	normBackward(dx, dxn, e.x, e.xNorm, h)
@@ -165,23 +214,20 @@ func (e *otExample) backward(coef float64, dx, dy []float32) {
 // normBackward adds to dx the gradient through x/max(|x|, eps) given the
 // gradient dxn of the normalised rows: (dxn - u (u.dxn))/|x| with u = x/|x|,
 // or dxn/eps where the clamp is active.
-func normBackward(dx []float32, dxn []float64, x []float32, norms []float64, h int) {
+func normBackward(dx, dxn, x []float32, norms []float64, h int) {
 	for i, norm := range norms {
 		g := dxn[i*h : (i+1)*h]
 		row := x[i*h : (i+1)*h]
 		out := dx[i*h : (i+1)*h]
 		if norm < otEps {
 			for k, v := range g {
-				out[k] += float32(v / otEps)
+				out[k] += float32(float64(v) / otEps)
 			}
 			continue
 		}
-		var proj float64
+		proj := dot(g, row) / norm
 		for k, v := range g {
-			proj += v * float64(row[k]) / norm
-		}
-		for k, v := range g {
-			out[k] += float32((v - proj*float64(row[k])/norm) / norm)
+			out[k] += float32((float64(v) - proj*float64(row[k])/norm) / norm)
 		}
 	}
 }

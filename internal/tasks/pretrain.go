@@ -71,6 +71,7 @@ type Result struct {
 
 // Pretrain runs the pretraining tasks on a model with pretraining heads.
 type Pretrain struct {
+	// M is the backbone and H its pretraining heads (model.NewPretrainHeads(M)).
 	M *model.Model
 	H *model.PretrainHeads
 	// OTWeight is the WRA weight lambda (0.1 in every official config); 0
