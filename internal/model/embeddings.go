@@ -11,7 +11,20 @@ type textEmbeddings struct {
 	drop           dropout
 
 	ids, posIDs, typeIDs *compute.Tensor
-	sum, tmp, dsum       slot
+	sum, tmp, dsum, row0 slot
+}
+
+// scatterSkipPad is ScatterAdd into an embedding table built with
+// padding_idx=0, as the official word and mask embeddings are: row 0
+// receives no gradient from the lookup. Row 0 is saved and restored rather
+// than skipped so that other contributions already accumulated in it (the
+// tied MLM decoder's) stay.
+func scatterSkipPad(be compute.Backend, g, src, idx *compute.Tensor, save *slot) {
+	row := g.RowRange(0, 1)
+	keep := save.f32(be, 1, g.Cols())
+	be.Copy(keep, row)
+	be.ScatterAdd(g, src, idx)
+	be.Copy(row, keep)
 }
 
 func newTextEmbeddings(ps *ParamSet, run *runState, c Config) *textEmbeddings {
@@ -44,7 +57,7 @@ func (e *textEmbeddings) bwd(be compute.Backend, dout *compute.Tensor) {
 	e.drop.bwd(be, dout)
 	dsum := e.dsum.f32(be, dout.Shape...)
 	e.ln.bwd(be, dsum, dout)
-	be.ScatterAdd(e.word.G, dsum, e.ids)
+	scatterSkipPad(be, e.word.G, dsum, e.ids, &e.row0)
 	be.ScatterAdd(e.pos.G, dsum, e.posIDs)
 	be.ScatterAdd(e.typ.G, dsum, e.typeIDs)
 }
@@ -59,7 +72,7 @@ type imageEmbeddings struct {
 
 	masks, typeIDs, feat, pos, in *compute.Tensor
 	featIn, a, aln, b, bln, sum   slot
-	dsum, da, db, dfeat           slot
+	dsum, da, db, dfeat, row0     slot
 	zeroRow                       *compute.Tensor
 }
 
@@ -127,7 +140,7 @@ func (e *imageEmbeddings) bwd(be compute.Backend, dout *compute.Tensor, wantDFea
 	}
 	e.imgLinear.bwd(be, dfeat, da, e.in, 0)
 	if e.masks != nil {
-		be.ScatterAdd(e.maskEmb.G, dfeat, e.masks)
+		scatterSkipPad(be, e.maskEmb.G, dfeat, e.masks, &e.row0)
 	}
 
 	db := e.db.f32(be, m, h)
