@@ -1,6 +1,7 @@
 package train
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -143,7 +144,7 @@ func DecodeConfig(v *viper.Viper) (*Config, error) {
 		WeaklyTypedInput: true,
 		ErrorUnused:      true,
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(
-			mapstructure.StringToSliceHookFunc(","),
+			stringToList,
 			stringToFloatPtr,
 		),
 	}
@@ -154,7 +155,7 @@ func DecodeConfig(v *viper.Viper) (*Config, error) {
 	// The file's lists replace the defaults instead of merging into them.
 	c.Betas = nil
 	if err := dec.Decode(v.AllSettings()); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, decodeError(err)
 	}
 	if c.Betas == nil {
 		c.Betas = DefaultConfig().Betas
@@ -171,6 +172,76 @@ func DecodeConfig(v *viper.Viper) (*Config, error) {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// decodeError turns mapstructure's multi-line report into one sentence
+// naming the key and value of the first problem.
+func decodeError(err error) error {
+	var de *mapstructure.DecodeError
+	if !errors.As(err, &de) {
+		return fmt.Errorf("config: %w", err)
+	}
+	// Nested fields wrap their own DecodeError; the innermost names the key.
+	for {
+		var inner *mapstructure.DecodeError
+		if !errors.As(de.Unwrap(), &inner) {
+			break
+		}
+		de = inner
+	}
+	var pe *mapstructure.ParseError
+	if errors.As(de, &pe) {
+		return fmt.Errorf("config: %s = %v: want %s", de.Name(), pe.Value, typeName(pe.Expected.Type()))
+	}
+	var ue *mapstructure.UnconvertibleTypeError
+	if errors.As(de, &ue) {
+		return fmt.Errorf("config: %s = %v: want %s", de.Name(), ue.Value, typeName(ue.Expected.Type()))
+	}
+	msg := de.Unwrap().Error()
+	if keys, ok := strings.CutPrefix(msg, "has invalid keys: "); ok {
+		if de.Name() == "" {
+			return fmt.Errorf("config: unknown key %s", keys)
+		}
+		return fmt.Errorf("config: %s: unknown key %s", de.Name(), keys)
+	}
+	return fmt.Errorf("config: %s: %s", de.Name(), strings.ReplaceAll(msg, "\n", "; "))
+}
+
+// typeName says what a config field holds in words.
+func typeName(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Float64, reflect.Float32:
+		return "a number"
+	case reflect.Int, reflect.Int64:
+		return "an integer"
+	case reflect.Uint64:
+		return "a non-negative integer"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice:
+		return "a list"
+	}
+	return t.String()
+}
+
+// stringToList lets --set betas=0.9,0.98 (or [0.9,0.98]) fill a list; the
+// elements are then converted like any other value.
+func stringToList(from, to reflect.Type, v any) (any, error) {
+	str, ok := v.(string)
+	if !ok || from.Kind() != reflect.String || to.Kind() != reflect.Slice {
+		return v, nil
+	}
+	str = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(str), "["), "]")
+	if str == "" {
+		return []any{}, nil
+	}
+	var out []any
+	for _, e := range strings.Split(str, ",") {
+		out = append(out, strings.TrimSpace(e))
+	}
+	return out, nil
 }
 
 // stringToFloatPtr lets --set model.initializer_range=0.05 reach a *float64.

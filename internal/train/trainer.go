@@ -18,6 +18,7 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 
+	"uniter/internal/ckpt"
 	"uniter/internal/compute"
 	"uniter/internal/data"
 	"uniter/internal/model"
@@ -176,11 +177,19 @@ func (t *Trainer) buildModel(resumeFrom string) error {
 		if err != nil {
 			return err
 		}
+		var random []string
+		if resumeFrom == "" {
+			random = fillMissing(m, sd)
+		}
 		rep, err := m.LoadStateDict(sd, src)
 		if err != nil {
 			return err
 		}
 		line := rep.String()
+		if len(random) > 0 {
+			line = strings.TrimPrefix(line+fmt.Sprintf("; %d backbone parameters not in the checkpoint, randomly initialised (%s)",
+				len(random), firstNames(random)), "; ")
+		}
 		if line == "" {
 			line = "all parameters loaded"
 		}
@@ -193,6 +202,39 @@ func (t *Trainer) buildModel(resumeFrom string) error {
 		WeightDecay: c.WeightDecay, LRMul: c.LRMul})
 	t.upd = NewUpdater(t.be, m.Params.List(), opt, c.GradNorm, c.FP16, c.LossScale, c.LossScaleWindow)
 	return nil
+}
+
+// fillMissing adds to sd the model's freshly initialised values of every
+// parameter sd lacks, and returns their names. Pretraining starts from
+// checkpoints that hold only part of the backbone (the official
+// uniter-base-init.pt is BERT: no image embeddings), whose missing weights
+// the reference leaves randomly initialised.
+func fillMissing(m *model.Model, sd *ckpt.StateDict) []string {
+	have := map[string]bool{}
+	for _, k := range sd.Keys {
+		have[model.CanonicalKey(k)] = true
+	}
+	var added []string
+	for _, p := range m.Params.List() {
+		found := have[p.Name]
+		for _, a := range p.Aliases {
+			found = found || have[a]
+		}
+		if found || !strings.HasPrefix(p.Name, "uniter.") {
+			continue
+		}
+		sd.Keys = append(sd.Keys, p.Name)
+		sd.Tensors[p.Name] = &ckpt.Tensor{Shape: append([]int(nil), p.Shape...), DType: "float32", Float: m.Backend().ToF32(p.W)}
+		added = append(added, p.Name)
+	}
+	return added
+}
+
+func firstNames(names []string) string {
+	if len(names) > 3 {
+		return strings.Join(names[:3], ", ") + ", ..."
+	}
+	return strings.Join(names, ", ")
 }
 
 // openData opens every training and validation dataset and the task mixer.
@@ -372,14 +414,6 @@ type stepRow struct {
 
 // trainStep runs one optimizer update: the gradient_accumulation_steps
 // micro-batches of the step's task, then the update.
-//
-// Each micro-batch's loss is weighted by its share of the window's loss
-// units (masked tokens, masked regions or examples), so the accumulated
-// gradient is that of the loss averaged over the whole window, the same as
-// one batch holding all its examples. The reference instead sums the
-// micro-batches' means, which differs by about the accumulation factor;
-// AdamW is insensitive to that scale except through eps and the clipping
-// threshold.
 func (t *Trainer) trainStep() (stepRow, error) {
 	c := t.cfg
 	step := t.step + 1
@@ -387,38 +421,19 @@ func (t *Trainer) trainStep() (stepRow, error) {
 	task := t.taskOf[key]
 	k := c.GradientAccumulationSteps
 	batches := make([]*data.Batch, k)
-	units := make([]int, k)
-	total := 0
 	var last data.Position
 	for i := range batches {
 		b, pos, err := t.loader[key].Next()
 		if err != nil {
 			return stepRow{}, fmt.Errorf("step %d: %s: %w", step, key, err)
 		}
-		batches[i], units[i], last = b, LossUnits(task, b), pos
-		total += units[i]
+		batches[i], last = b, pos
 	}
 	t.m.Params.ZeroGrad()
 	t.m.SetTrain(true)
-	scale := t.upd.Scale(key)
-	var loss float64
-	parts := map[string]float64{}
-	tokens, slots, examples := 0, 0, 0
-	for i, b := range batches {
-		w := float64(units[i]) / float64(total)
-		t.m.SetStepSeed(DropoutSeed(c.Seed, step, i))
-		res, err := t.pt.Step(task, b, true, float32(scale*w))
-		if err != nil {
-			return stepRow{}, fmt.Errorf("step %d: %s micro-batch %d: %w", step, key, i, err)
-		}
-		loss += w * res.Loss
-		for name, v := range res.Parts {
-			parts[name] += w * v
-		}
-		tokens += b.Tokens()
-		slots += b.B * b.S
-		examples += b.B
-		b.Release()
+	w, err := runWindow(t.pt, task, batches, t.upd.Scale(key), func(i int) uint64 { return DropoutSeed(c.Seed, step, i) })
+	if err != nil {
+		return stepRow{}, fmt.Errorf("step %d: %s: %w", step, key, err)
 	}
 	t.positions[key] = last
 	lr := LR(c.LearningRate, step, c.WarmupSteps, c.NumTrainSteps)
@@ -427,19 +442,69 @@ func (t *Trainer) trainStep() (stepRow, error) {
 		return stepRow{}, fmt.Errorf("step %d: %s: %w", step, key, err)
 	}
 	t.step = step
-	t.tokens += tokens
+	t.tokens += w.tokens
 	since := time.Since(t.start).Seconds()
 	tps := float64(t.tokens) / max(since, 1e-9)
-	row := Row{{"step", step}, {"task", key}, {"loss", loss}, {"lr", lr}, {"loss_scale", info.LossScale},
-		{"tokens", tokens}, {"pad_frac", 1 - float64(tokens)/float64(slots)}, {"examples", examples},
+	row := Row{{"step", step}, {"task", key}, {"loss", w.loss}, {"lr", lr}, {"loss_scale", info.LossScale},
+		{"tokens", w.tokens}, {"pad_frac", 1 - float64(w.tokens)/float64(w.slots)}, {"examples", w.examples},
 		{"elapsed_s", t.elapsed0 + since}, {"tokens_per_s", tps}, {"grad_norm", info.GradNorm}}
 	if info.Skipped {
 		row = append(row, Field{"skipped", true})
 	}
-	for _, name := range sortedKeys(parts) {
-		row = append(row, Field{name, parts[name]})
+	for _, name := range sortedKeys(w.parts) {
+		row = append(row, Field{name, w.parts[name]})
 	}
-	return stepRow{row: row, key: key, loss: loss, tokensPerS: tps}, nil
+	return stepRow{row: row, key: key, loss: w.loss, tokensPerS: tps}, nil
+}
+
+// window is what one accumulation window measured.
+type window struct {
+	loss                    float64 // the window's mean loss
+	parts                   map[string]float64
+	tokens, slots, examples int
+}
+
+// runWindow runs the forward and backward of every micro-batch of a window
+// of task, accumulating into the parameters' gradients the gradient of the
+// window's loss times scale, and releases the batches. seed gives each
+// micro-batch's dropout seed.
+//
+// Each micro-batch's loss is weighted by its share of the window's loss
+// units (masked tokens, masked regions or examples), so the accumulated
+// gradient is that of the loss averaged over the whole window: the same as
+// one batch holding all its examples. The reference instead sums the
+// micro-batches' means, which differs by about the accumulation factor;
+// AdamW is insensitive to that scale except through eps and the clipping
+// threshold.
+func runWindow(p *tasks.Pretrain, task string, batches []*data.Batch, scale float64, seed func(micro int) uint64) (window, error) {
+	units := make([]int, len(batches))
+	total := 0
+	for i, b := range batches {
+		units[i] = LossUnits(task, b)
+		total += units[i]
+	}
+	w := window{parts: map[string]float64{}}
+	defer func() {
+		for _, b := range batches {
+			b.Release()
+		}
+	}()
+	for i, b := range batches {
+		share := float64(units[i]) / float64(total)
+		p.M.SetStepSeed(seed(i))
+		res, err := p.Step(task, b, true, float32(scale*share))
+		if err != nil {
+			return w, fmt.Errorf("micro-batch %d: %w", i, err)
+		}
+		w.loss += share * res.Loss
+		for name, v := range res.Parts {
+			w.parts[name] += share * v
+		}
+		w.tokens += b.Tokens()
+		w.slots += b.B * b.S
+		w.examples += b.B
+	}
+	return w, nil
 }
 
 // validate evaluates every validation dataset and task, logs a row per

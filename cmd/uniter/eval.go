@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"uniter/internal/compute"
+	"uniter/internal/data"
+	"uniter/internal/db"
+	"uniter/internal/model"
+	"uniter/internal/tasks"
+	"uniter/internal/train"
+)
+
+func init() { subcommands = append(subcommands, newEvalCmd) }
+
+// downstreamTasks are the eval tasks of CLI.md besides pretrain.
+var downstreamTasks = []string{"vqa", "ve", "nlvr2", "vcr", "re", "itr"}
+
+type evalOpts struct {
+	mf           modelFlags
+	task         string
+	txtDB, imgDB string
+	out          string
+	imgOpts      db.ImgDBOptions
+	tasks        []string
+	batchTokens  int
+	workers      int
+	seed         uint64
+	initSeed     int64
+	maxTxtLen    int
+	mrmProb      float64
+	itmNegProb   float64
+	otLambda     float64
+}
+
+// evalReport is DIR/metrics.json.
+type evalReport struct {
+	Task       string                   `json:"task"`
+	Checkpoint string                   `json:"checkpoint,omitempty"`
+	InitSeed   *int64                   `json:"init_seed,omitempty"`
+	TxtDB      string                   `json:"txt_db"`
+	ImgDB      string                   `json:"img_db"`
+	Seed       uint64                   `json:"seed"`
+	Metrics    map[string]train.Metrics `json:"metrics"`
+}
+
+func newEvalCmd() *cobra.Command {
+	o := evalOpts{imgOpts: db.DefaultImgDBOptions()}
+	cmd := &cobra.Command{
+		Use:   "eval --task TASK --checkpoint P --txt-db D --img-db I --out DIR",
+		Short: "Evaluate a checkpoint: pretraining tasks (validation losses and accuracies)",
+		Long: `eval runs a model in evaluation mode over every example of a txt_db (no
+length filter) with its img_db and writes DIR/metrics.json.
+
+--task pretrain evaluates the pretraining tasks exactly as the validation of
+"uniter pretrain" does (the same code): per task the reference's validation
+numbers, MLM loss and accuracy over masked tokens, MRFR loss per feature
+element, MRC loss and accuracy over masked regions, MRC-kl loss per masked
+region (KL summed over classes), ITM loss and accuracy plus the WRA
+ot_loss (and mean transport distance of matched and mismatched pairs).
+Masks and ITM negatives are drawn from --seed, so two checkpoints evaluated
+with the same seed see the same inputs. --init-seed evaluates a freshly
+initialised model instead of a checkpoint: with the pretraining run's seed
+and log/model.json it is that run's step-0 model.
+
+Downstream tasks (vqa ve nlvr2 vcr re itr) are not available yet.`,
+		Example: `  uniter eval --task pretrain --checkpoint runs/demo/out/ckpt/step_00002000 \
+      --txt-db runs/demo/data/txt/pretrain_val.db --img-db runs/demo/data/img/synth_val --out runs/demo/eval
+  uniter eval --task pretrain --init-seed 42 --model-config runs/demo/out/log/model.json \
+      --txt-db runs/demo/data/txt/pretrain_val.db --img-db runs/demo/data/img/synth_val --out runs/demo/eval0
+  uniter eval --task pretrain --checkpoint uniter-base.pt --model-config base --tasks mlm,itm \
+      --txt-db /txt/pretrain_coco_val.db --img-db /img/coco_val2014 --out runs/coco_val`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runEval(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	o.mf.register(f)
+	f.StringVar(&o.task, "task", "", "pretrain (or a downstream task: "+strings.Join(downstreamTasks, " ")+")")
+	f.StringVar(&o.txtDB, "txt-db", "", "official txt_db directory")
+	f.StringVar(&o.imgDB, "img-db", "", "official img_db directory")
+	f.StringVar(&o.out, "out", "", "output directory (metrics.json)")
+	registerImgDBFlags(f, &o.imgOpts)
+	f.StringSliceVar(&o.tasks, "tasks", train.TaskNames, "pretraining tasks to evaluate")
+	f.IntVar(&o.batchTokens, "batch-tokens", 8192, "padded tokens per batch (val_batch_size)")
+	f.IntVar(&o.workers, "workers", 2, "goroutines decoding examples")
+	f.Uint64Var(&o.seed, "seed", 42, "seed of the masks and ITM negatives")
+	f.Int64Var(&o.initSeed, "init-seed", -1, "evaluate a model freshly initialised from this seed instead of --checkpoint (needs --model-config)")
+	f.IntVar(&o.maxTxtLen, "max-txt-len", -1, "drop texts with more word pieces (-1: keep all, as the reference's validation)")
+	f.Float64Var(&o.mrmProb, "mrm-prob", data.MaskProb, "masking probability of words and regions")
+	f.Float64Var(&o.itmNegProb, "itm-neg-prob", data.ITMNegProb, "probability of a mismatched image in ITM")
+	f.Float64Var(&o.otLambda, "itm-ot-lambda", 0.1, "WRA weight (0: no optimal transport term)")
+	for _, name := range []string{"task", "txt-db", "img-db", "out"} {
+		_ = cmd.MarkFlagRequired(name)
+	}
+	return cmd
+}
+
+func runEval(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	switch {
+	case o.task == "pretrain":
+	case slices.Contains(downstreamTasks, o.task):
+		return fmt.Errorf("eval: task %s: not available yet (available: pretrain)", o.task)
+	default:
+		return fmt.Errorf("eval: --task %q: want pretrain or one of %s", o.task, strings.Join(downstreamTasks, ", "))
+	}
+	for _, t := range o.tasks {
+		if !slices.Contains(train.TaskNames, t) {
+			return fmt.Errorf("eval: --tasks %q: want some of %s", t, strings.Join(train.TaskNames, ","))
+		}
+	}
+	if (o.mf.checkpoint == "") == (o.initSeed < 0) {
+		return fmt.Errorf("eval: pass exactly one of --checkpoint and --init-seed")
+	}
+	be, err := o.mf.backend()
+	if err != nil {
+		return err
+	}
+	var heads *model.PretrainHeads
+	addHeads := func(m *model.Model) { heads = model.NewPretrainHeads(m) }
+	var m *model.Model
+	if o.initSeed >= 0 {
+		m, err = initModel(be, o, addHeads)
+	} else {
+		m, err = o.mf.load(be, addHeads)
+	}
+	if err != nil {
+		return err
+	}
+	dbs := train.NewDBs(o.imgOpts)
+	defer dbs.Close()
+	popts := data.PretrainOptions{MaxTxtLen: o.maxTxtLen, Seed: o.seed, ImgDim: m.Cfg.ImgDim, MaskProb: o.mrmProb, ITMNegProb: o.itmNegProb}
+	ds, err := train.OpenDataset(dbs, []string{o.txtDB}, []string{o.imgDB}, popts, m.Cfg.VocabSize)
+	if err != nil {
+		return err
+	}
+	p := &tasks.Pretrain{M: m, H: heads, OTWeight: o.otLambda}
+	res, err := train.Evaluate(ctx, p, ds, o.tasks, train.EvalOptions{Budget: o.batchTokens, Workers: o.workers})
+	if err != nil {
+		return err
+	}
+	rep := evalReport{Task: o.task, Checkpoint: o.mf.checkpoint, TxtDB: o.txtDB, ImgDB: o.imgDB, Seed: o.seed, Metrics: res}
+	if o.initSeed >= 0 {
+		rep.InitSeed = &o.initSeed
+	}
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	path := filepath.Join(o.out, "metrics.json")
+	if err := writeFileAtomic(path, append(b, '\n')); err != nil {
+		return fmt.Errorf("eval: %s: %w", path, err)
+	}
+	for _, t := range o.tasks {
+		fmt.Fprintf(stdout, "%-6s", t)
+		for _, k := range []string{"loss", "acc", "ot_loss", "ot_pos", "ot_neg", "n"} {
+			if v, ok := res[t][k]; ok {
+				fmt.Fprintf(stdout, "  %s %.4f", k, v)
+			}
+		}
+		fmt.Fprintln(stdout)
+	}
+	fmt.Fprintf(stderr, "eval: wrote %s\n", path)
+	return nil
+}
+
+// initModel builds a freshly initialised model with its heads, drawn as
+// "uniter pretrain" draws them before its first step (model, then heads,
+// from the seed).
+func initModel(be compute.Backend, o evalOpts, addHeads func(*model.Model)) (*model.Model, error) {
+	if o.mf.modelConfig == "" {
+		return nil, fmt.Errorf("eval: --init-seed needs --model-config (e.g. the run's log/model.json)")
+	}
+	cfg, err := model.LoadConfig(o.mf.modelConfig)
+	if err != nil {
+		return nil, err
+	}
+	if o.mf.imgDim != model.DefaultImgDim {
+		cfg.ImgDim = o.mf.imgDim
+	}
+	m, err := model.New(be, cfg, uint64(o.initSeed))
+	if err != nil {
+		return nil, err
+	}
+	addHeads(m)
+	fmt.Fprintf(os.Stderr, "uniter: no checkpoint: model %s initialised from seed %d\n", o.mf.modelConfig, o.initSeed)
+	return m, nil
+}
