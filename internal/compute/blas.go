@@ -7,43 +7,26 @@ package compute
 #include <string.h>
 #include <cblas.h>
 
-// Only DYNAMIC_ARCH builds of OpenBLAS (Debian's among them) export these;
-// weak references keep other builds linkable.
+// Internals of OpenBLAS's pthread and DYNAMIC_ARCH builds (Debian's among
+// them). Weak references keep other builds linkable; the helpers below then
+// do nothing.
 extern void gotoblas_dynamic_init(void) __attribute__((weak));
 extern void gotoblas_dynamic_quit(void) __attribute__((weak));
 extern void openblas_read_env(void) __attribute__((weak));
 extern int blas_thread_shutdown_(void) __attribute__((weak));
 extern int blas_thread_init(void) __attribute__((weak));
 
-// uniter_blas_short_spin restarts OpenBLAS's worker threads with
-// OPENBLAS_THREAD_TIMEOUT=2^exp cycles unless the user set one. After each
-// threaded call the workers otherwise busy-wait for 2^28 cycles (about a
-// tenth of a second), competing with the goroutines that run every other
-// operation between two products. Returns 1 if it restarted them.
-static int uniter_blas_short_spin(int exp) {
-	char buf[8];
-	if (getenv("OPENBLAS_THREAD_TIMEOUT") != NULL || !openblas_read_env || !blas_thread_shutdown_ || !blas_thread_init)
-		return 0;
-	snprintf(buf, sizeof buf, "%d", exp);
-	setenv("OPENBLAS_THREAD_TIMEOUT", buf, 1);
-	openblas_read_env();
-	unsetenv("OPENBLAS_THREAD_TIMEOUT");
-	blas_thread_shutdown_();
-	blas_thread_init();
-	return 1;
-}
-
 // uniter_blas_retarget re-runs OpenBLAS's kernel selection when it fell back
 // to the SSE3 "Prescott" kernels on a CPU it does not recognise (0.3.21 does
 // not know Emerald Rapids, for one) although the CPU has AVX2 or AVX-512: the
 // fallback is about seven times slower. An explicit OPENBLAS_CORETYPE is
-// respected. It returns the core it switched to, or NULL.
-static const char *uniter_blas_retarget(void) {
+// respected.
+static void uniter_blas_retarget(void) {
 	const char *core;
 	if (getenv("OPENBLAS_CORETYPE") != NULL || !gotoblas_dynamic_init || !gotoblas_dynamic_quit)
-		return NULL;
+		return;
 	if (strcmp(openblas_get_corename(), "Prescott") != 0)
-		return NULL;
+		return;
 	__builtin_cpu_init();
 	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
 	    __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
@@ -51,7 +34,7 @@ static const char *uniter_blas_retarget(void) {
 	else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
 		core = "Haswell";
 	else
-		return NULL;
+		return;
 	// OPENBLAS_CORETYPE is the library's own override, read only by
 	// gotoblas_dynamic_init; it is removed again so that child processes
 	// make their own choice.
@@ -59,7 +42,23 @@ static const char *uniter_blas_retarget(void) {
 	gotoblas_dynamic_quit();
 	gotoblas_dynamic_init();
 	unsetenv("OPENBLAS_CORETYPE");
-	return core;
+}
+
+// uniter_blas_short_spin restarts OpenBLAS's worker threads with an
+// OPENBLAS_THREAD_TIMEOUT of 2^exp cycles unless the user chose one. By
+// default a worker busy-waits for 2^28 cycles (about a tenth of a second)
+// after every threaded call, which on a small machine takes a core from the
+// goroutines running the operations between two products.
+static void uniter_blas_short_spin(int exp) {
+	char buf[8];
+	if (getenv("OPENBLAS_THREAD_TIMEOUT") != NULL || !openblas_read_env || !blas_thread_shutdown_ || !blas_thread_init)
+		return;
+	snprintf(buf, sizeof buf, "%d", exp);
+	setenv("OPENBLAS_THREAD_TIMEOUT", buf, 1);
+	openblas_read_env();
+	unsetenv("OPENBLAS_THREAD_TIMEOUT");
+	blas_thread_shutdown_();
+	blas_thread_init();
 }
 */
 import "C"
@@ -69,12 +68,21 @@ import (
 	"unsafe"
 )
 
-var retargetOnce sync.Once
+// blasSpinExp sets the workers' busy-wait to 2^20 cycles, well under a
+// millisecond: long enough to stay awake between back-to-back products,
+// short enough not to compete with the operations after them. A sleeping
+// worker costs only a wake-up of some microseconds per product.
+const blasSpinExp = 20
 
-// retargetBLAS fixes OpenBLAS's kernel choice once per process, before the
-// first CPU backend uses it.
-func retargetBLAS() {
-	retargetOnce.Do(func() { C.uniter_blas_retarget() })
+var configureOnce sync.Once
+
+// configureBLAS fixes OpenBLAS's kernel choice and worker spin once per
+// process, before the first CPU backend uses it and while no product runs.
+func configureBLAS() {
+	configureOnce.Do(func() {
+		C.uniter_blas_retarget()
+		C.uniter_blas_short_spin(blasSpinExp)
+	})
 }
 
 // BLASCore reports the OpenBLAS kernel family in use (for benchmark logs).
@@ -100,5 +108,3 @@ func sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 
 // setBLASThreads sets OpenBLAS's process-wide thread count.
 func setBLASThreads(n int) { C.openblas_set_num_threads(C.int(n)) }
-
-func shortSpin(exp int) int { return int(C.uniter_blas_short_spin(C.int(exp))) }

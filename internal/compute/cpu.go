@@ -63,7 +63,7 @@ func NewCPU(threads int) *CPU {
 	if threads <= 0 {
 		threads = runtime.NumCPU()
 	}
-	retargetBLAS()
+	configureBLAS()
 	setBLASThreads(threads)
 	return &CPU{threads: threads}
 }

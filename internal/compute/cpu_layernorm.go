@@ -13,14 +13,14 @@ func (c *CPU) LayerNormFwd(out, mean, rstd, x, gamma, beta *Tensor, eps float32)
 	mustLen("LayerNormFwd", "rstd", rstd, m)
 	mustLen("LayerNormFwd", "gamma", gamma, n)
 	mustLen("LayerNormFwd", "beta", beta, n)
-	os, ms, rs, xs, gs, bs := F32s(out), F32s(mean), F32s(rstd), F32s(x), F32s(gamma), F32s(beta)
+	outs, ms, rs, xs, gs, bs := F32s(out), F32s(mean), F32s(rstd), F32s(x), F32s(gamma), F32s(beta)
 	c.parallelFor(m, rowsFor(grainCheap, n), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			row := xs[i*n : (i+1)*n]
 			mu := sum64(row) / float64(n)
 			r := 1 / math.Sqrt(sumSqDev64(row, mu)/float64(n)+float64(eps))
 			ms[i], rs[i] = float32(mu), float32(r)
-			o := os[i*n : (i+1)*n]
+			o := outs[i*n : (i+1)*n]
 			for j, v := range row {
 				o[j] = float32((float64(v)-mu)*r*float64(gs[j]) + float64(bs[j]))
 			}

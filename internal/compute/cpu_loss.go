@@ -6,11 +6,11 @@ import "math"
 func (c *CPU) Gather(out, src, idx *Tensor) {
 	d := src.Cols()
 	mustMatrix("Gather", "out", out, idx.Len(), d)
-	os, ss, is := F32s(out), F32s(src), I32s(idx)
+	outs, ss, is := F32s(out), F32s(src), I32s(idx)
 	c.parallelFor(len(is), rowsFor(grainMemory, d), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			r := int(is[i])
-			copy(os[i*d:(i+1)*d], ss[r*d:(r+1)*d])
+			copy(outs[i*d:(i+1)*d], ss[r*d:(r+1)*d])
 		}
 	})
 }
