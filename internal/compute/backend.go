@@ -84,7 +84,7 @@ type Backend interface {
 	// or past lens[b] produce zeros. probs = softmax(scale*q.k + 0 on valid
 	// keys), dropped out with DropoutKeep(seed, ((b*heads+h)*S+i)*S+j, p) and
 	// rescaled by 1/(1-p). lse [B, heads, S] receives the log-sum-exp of each
-	// valid row's scaled scores for the backward.
+	// valid row's scaled scores for the backward (0 on rows past lens[b]).
 	//
 	// This equals the reference's additive -10000 mask exactly in fp32,
 	// where exp(-10000) underflows to 0.
@@ -101,7 +101,8 @@ type Backend interface {
 	// SoftmaxXent computes per-row cross-entropy of logits [N,C] against
 	// labels [N] (I32). Rows whose label equals ignore get loss 0 and a zero
 	// gradient. loss [N] receives -log softmax(logits)[label]; dlogits [N,C]
-	// (may alias logits) receives (softmax - onehot) * gradScale.
+	// (may alias logits; nil for a loss-only evaluation) receives
+	// (softmax - onehot) * gradScale.
 	SoftmaxXent(loss, dlogits, logits, labels *Tensor, ignore int32, gradScale float32)
 	// SoftmaxKL computes per-row KL divergence of q = softmax(logits)
 	// [N,C] from target [N,C] (MRC-kl's kl_div(log_softmax(logits),
@@ -119,8 +120,9 @@ type Backend interface {
 	// AdamW performs one decoupled-weight-decay Adam update of p with
 	// gradient g scaled by gradScale (unscaling and averaging), moments m, v:
 	// m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
-	// p -= lr * (m/(1-b1^step)) / (sqrt(v/(1-b2^step)) + eps); then
-	// p -= lr*wd*p (the reference applies decay after the Adam step).
+	// p -= lr*sqrt(1-b2^step)/(1-b1^step) * m/(sqrt(v)+eps); then
+	// p -= lr*wd*p. This is the reference's optim/adamw.py exactly: eps is
+	// added to the uncorrected sqrt(v) and decay is applied after the step.
 	AdamW(p, g, m, v *Tensor, gradScale, lr, b1, b2, eps, wd float32, step int)
 	// RoundFP16 rounds every element to the nearest float16 value (mixed
 	// precision emulation; values beyond the fp16 range become ±Inf).

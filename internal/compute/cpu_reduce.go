@@ -53,14 +53,15 @@ func (c *CPU) AdamW(p, g, m, v *Tensor, gradScale, lr, b1, b2, eps, wd float32, 
 	beta1, beta2 := float64(b1), float64(b2)
 	bc1 := 1 - math.Pow(beta1, float64(step))
 	bc2 := 1 - math.Pow(beta2, float64(step))
-	lr64, eps64, decay, scale := float64(lr), float64(eps), float64(lr)*float64(wd), float64(gradScale)
+	stepSize := float64(lr) * math.Sqrt(bc2) / bc1
+	eps64, decay, scale := float64(eps), float64(lr)*float64(wd), float64(gradScale)
 	c.parallelFor(n, grainCheap, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			gi := float64(gs[i]) * scale
 			mi := beta1*float64(ms[i]) + (1-beta1)*gi
 			vi := beta2*float64(vs[i]) + (1-beta2)*gi*gi
 			ms[i], vs[i] = float32(mi), float32(vi)
-			pi := float64(ps[i]) - lr64*(mi/bc1)/(math.Sqrt(vi/bc2)+eps64)
+			pi := float64(ps[i]) - stepSize*mi/(math.Sqrt(vi)+eps64)
 			ps[i] = float32(pi - decay*pi)
 		}
 	})

@@ -721,9 +721,10 @@ func TestAdamW(t *testing.T) {
 			beta1, beta2 := f(b1), f(b2)
 			m = beta1*m + (1-beta1)*gg
 			v = beta2*v + (1-beta2)*gg*gg
-			mh := m / (1 - math.Pow(beta1, float64(step+1)))
-			vh := v / (1 - math.Pow(beta2, float64(step+1)))
-			pp -= f(lr) * mh / (math.Sqrt(vh) + f(eps))
+			// optim/adamw.py: eps on the uncorrected sqrt(v), the
+			// corrections folded into the step size.
+			bc1, bc2 := 1-math.Pow(beta1, float64(step+1)), 1-math.Pow(beta2, float64(step+1))
+			pp -= f(lr) * math.Sqrt(bc2) / bc1 * m / (math.Sqrt(v) + f(eps))
 			pp -= f(lr) * f(wd) * pp
 			if step == 0 {
 				pp, m, v = f(pp), f(m), f(v)

@@ -67,18 +67,13 @@ func (a *AdamW) Steps() int { return a.steps }
 func (a *AdamW) Step(lr, gradScale float64) {
 	a.steps++
 	o := a.opt
-	// The reference divides by sqrt(v)+eps and folds sqrt(1-b2^t) into the
-	// step size; the backend divides by sqrt(v/(1-b2^t))+eps. Scaling eps
-	// by 1/sqrt(1-b2^t) makes the two the same update.
-	bc2 := 1 - math.Pow(o.Beta2, float64(a.steps))
-	eps := o.Eps / math.Sqrt(bc2)
 	for i, p := range a.params {
 		wd := 0.0
 		if p.Decay() {
 			wd = o.WeightDecay
 		}
 		a.be.AdamW(p.W, p.G, a.m[i], a.v[i], float32(gradScale), float32(lr*a.lrMul[i]),
-			float32(o.Beta1), float32(o.Beta2), float32(eps), float32(wd), a.steps)
+			float32(o.Beta1), float32(o.Beta2), float32(o.Eps), float32(wd), a.steps)
 	}
 }
 
