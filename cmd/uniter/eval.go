@@ -133,7 +133,7 @@ func runEval(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
 	addHeads := func(m *model.Model) { heads = model.NewPretrainHeads(m) }
 	var m *model.Model
 	if o.initSeed >= 0 {
-		m, err = initModel(be, o, addHeads)
+		m, err = initModel(be, o, addHeads, stderr)
 	} else {
 		m, err = o.mf.load(be, addHeads)
 	}
@@ -183,7 +183,7 @@ func runEval(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
 // initModel builds a freshly initialised model with its heads, drawn as
 // "uniter pretrain" draws them before its first step (model, then heads,
 // from the seed).
-func initModel(be compute.Backend, o evalOpts, addHeads func(*model.Model)) (*model.Model, error) {
+func initModel(be compute.Backend, o evalOpts, addHeads func(*model.Model), log io.Writer) (*model.Model, error) {
 	if o.mf.modelConfig == "" {
 		return nil, fmt.Errorf("eval: --init-seed needs --model-config (e.g. the run's log/model.json)")
 	}
@@ -191,7 +191,7 @@ func initModel(be compute.Backend, o evalOpts, addHeads func(*model.Model)) (*mo
 	if err != nil {
 		return nil, err
 	}
-	if o.mf.imgDim != model.DefaultImgDim {
+	if o.mf.imgDim > 0 {
 		cfg.ImgDim = o.mf.imgDim
 	}
 	m, err := model.New(be, cfg, uint64(o.initSeed))
@@ -199,6 +199,6 @@ func initModel(be compute.Backend, o evalOpts, addHeads func(*model.Model)) (*mo
 		return nil, err
 	}
 	addHeads(m)
-	fmt.Fprintf(os.Stderr, "uniter: no checkpoint: model %s initialised from seed %d\n", o.mf.modelConfig, o.initSeed)
+	fmt.Fprintf(log, "uniter: no checkpoint: model %s initialised from seed %d\n", o.mf.modelConfig, o.initSeed)
 	return m, nil
 }
