@@ -26,9 +26,10 @@ bench: build
 	bin/uniter bench --model base --device cpu --mode fwdbwd --batch 8 --txt-len 40 --nbb 50 --threads 2
 	-$(PY) scripts/bench_torch.py --mode fwdbwd --batch 8 --txt-len 40 --nbb 50 --threads 2 --steps 5
 
+# Pretrain a tiny UNITER on the synthetic world (CPU), evaluate it and its
+# untrained start on held-out data; summary in runs/demo/summary.json.
 demo: build
-	bin/uniter version
-	bin/uniter bench --model tiny --mode train --batch 16 --txt-len 24 --nbb 36 --steps 5
+	./scripts/demo.sh
 
 # CUDA build: Debian's 11.8 toolkit (installed on demand).
 cuda:

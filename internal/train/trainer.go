@@ -139,9 +139,7 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 			return nil, err
 		}
 	}
-	if err := t.startLoaders(); err != nil {
-		return nil, err
-	}
+	t.startLoaders()
 	logDir := filepath.Join(o.Output, LogDir)
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, fmt.Errorf("pretrain: %w", err)
@@ -300,7 +298,7 @@ func (t *Trainer) restore(path string) error {
 
 // startLoaders starts one prefetching loader per task key, each stream
 // positioned after the last batch the run consumed.
-func (t *Trainer) startLoaders() error {
+func (t *Trainer) startLoaders() {
 	c := t.cfg
 	prefetch := max(c.NWorkers, c.GradientAccumulationSteps)
 	for _, key := range t.keys {
@@ -312,7 +310,6 @@ func (t *Trainer) startLoaders() error {
 		}
 		t.loader[key] = data.NewLoader(t.ctx, bs, ds.Build(task), c.NWorkers, prefetch)
 	}
-	return nil
 }
 
 // Close stops the loaders and closes the dbs and the metrics file.
