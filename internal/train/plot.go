@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -12,10 +13,13 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
+
+	"uniter/internal/data"
 )
 
 // WritePlots draws the curves of a run's metrics into dir: loss.png (one
-// panel per task key: training loss per step, validation loss as points),
+// panel per task key: training loss per step, validation loss as points;
+// MRC-kl validation on the training loss's per-element scale),
 // lr.png and loss_scale.png (one line per task key).
 func WritePlots(dir string, recs []Record) error {
 	train := map[string]plotter.XYs{}
@@ -30,6 +34,11 @@ func WritePlots(dir string, recs []Record) error {
 			continue
 		}
 		if r.String("split") != "" {
+			// Validation reports MRC-kl per region (summed over classes),
+			// training per element: draw both per element.
+			if strings.HasPrefix(key, data.TaskMRCKL+"_") {
+				loss /= data.LabelDim
+			}
 			val[key] = append(val[key], plotter.XY{X: step, Y: loss})
 			continue
 		}
@@ -55,12 +64,17 @@ func WritePlots(dir string, recs []Record) error {
 		p.Title.Text = k
 		p.X.Label.Text = "step"
 		p.Y.Label.Text = "loss"
-		args := []any{"train", train[k]}
-		if len(val[k]) > 0 {
-			args = append(args, "val", val[k])
-		}
-		if err := plotutil.AddLinePoints(p, args...); err != nil {
+		if err := plotutil.AddLines(p, "train", train[k]); err != nil {
 			return fmt.Errorf("plot %s: %w", k, err)
+		}
+		if len(val[k]) > 0 {
+			l, pts, err := plotter.NewLinePoints(val[k])
+			if err != nil {
+				return fmt.Errorf("plot %s: %w", k, err)
+			}
+			l.Color, pts.Color = plotutil.Color(1), plotutil.Color(1)
+			p.Add(l, pts)
+			p.Legend.Add("val", l, pts)
 		}
 		panels[i] = []*plot.Plot{p}
 	}
