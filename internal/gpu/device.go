@@ -126,7 +126,7 @@ func (d *Device) start() error {
 		}
 		d.fns[name] = fn
 	}
-	return nil
+	return d.setupHGemm()
 }
 
 // Do runs f on the device goroutine and waits for it. A panic in f is

@@ -21,7 +21,7 @@ var kernelNames = []string{
 	"adamw_f32",
 	"layernorm_fwd_f32", "layernorm_bwd_params_f32", "layernorm_bwd_dx_f32",
 	"softmax_xent_f32", "softmax_kl_f32",
-	"sgemm_f32",
+	"sgemm_f32", "hgemm_nn", "hgemm_nt", "hgemm_tn", "hgemm_tt",
 	"attn_fwd_f32", "attn_bwd_dot_f32", "attn_bwd_dq_f32", "attn_bwd_dkdv_f32",
 }
 
