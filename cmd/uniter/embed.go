@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"uniter/internal/atomicfile"
 	"uniter/internal/data"
 	"uniter/internal/db"
 	"uniter/internal/npy"
@@ -169,7 +170,7 @@ func runEmbed(ctx context.Context, o embedOpts) error {
 		return err
 	}
 	js, _ := json.Marshal(ids)
-	return writeFileAtomic(filepath.Join(o.out, "ids.json"), js)
+	return atomicfile.WriteFile(filepath.Join(o.out, "ids.json"), js)
 }
 
 // registerImgDBFlags adds the img_db selection flags of CLI.md.
@@ -178,25 +179,4 @@ func registerImgDBFlags(f *pflag.FlagSet, o *db.ImgDBOptions) {
 	f.IntVar(&o.MaxBB, "max-bb", o.MaxBB, "most regions per image")
 	f.IntVar(&o.MinBB, "min-bb", o.MinBB, "fewest regions per image")
 	f.IntVar(&o.NumBB, "num-bb", o.NumBB, "regions per image when --conf-th is -1")
-}
-
-// writeFileAtomic writes b to path through a temporary file and a rename.
-func writeFileAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return os.Rename(f.Name(), path)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"uniter/internal/atomicfile"
 	"uniter/internal/compute"
 	"uniter/internal/data"
 	"uniter/internal/db"
@@ -164,7 +165,7 @@ func runEval(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
 		return fmt.Errorf("eval: %w", err)
 	}
 	path := filepath.Join(o.out, "metrics.json")
-	if err := writeFileAtomic(path, append(b, '\n')); err != nil {
+	if err := atomicfile.WriteFile(path, append(b, '\n')); err != nil {
 		return fmt.Errorf("eval: %s: %w", path, err)
 	}
 	for _, t := range o.tasks {

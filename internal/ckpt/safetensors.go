@@ -1,7 +1,6 @@
 package ckpt
 
 import (
-	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -9,10 +8,10 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
+
+	"uniter/internal/atomicfile"
 
 	"github.com/nlpodyssey/safetensors"
 )
@@ -50,7 +49,7 @@ func WriteSafetensors(path string, sd *StateDict, meta map[string]string) error 
 	if err != nil {
 		return fmt.Errorf("ckpt %s: %w", path, err)
 	}
-	err = writeAtomic(path, func(w io.Writer) error {
+	err = atomicfile.Write(path, func(w io.Writer) error {
 		var n [8]byte
 		binary.LittleEndian.PutUint64(n[:], uint64(len(header)))
 		if _, err := w.Write(n[:]); err != nil {
@@ -185,55 +184,6 @@ func writeInt64s(w io.Writer, xs []int64, buf []byte) error {
 		xs = xs[n:]
 	}
 	return nil
-}
-
-// writeAtomic creates path with the bytes write produces, all or nothing.
-func writeAtomic(path string, write func(io.Writer) error) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	f, err := os.CreateTemp(dir, base+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	bw := bufio.NewWriterSize(f, 1<<20)
-	if err = write(bw); err != nil {
-		return err
-	}
-	if err = bw.Flush(); err != nil {
-		return err
-	}
-	// CreateTemp makes the file 0600; a checkpoint should be as readable
-	// as any file the user writes.
-	if err = f.Chmod(0o644); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return err
-	}
-	// The rename is durable only once the directory is synced; some file
-	// systems cannot sync a directory, which is not worth failing over.
-	if d, derr := os.Open(dir); derr == nil {
-		if serr := d.Sync(); serr != nil && !errors.Is(serr, syscall.EINVAL) {
-			err = fmt.Errorf("sync %s: %w", dir, serr)
-		}
-		d.Close()
-	}
-	return err
 }
 
 // ReadSafetensors reads a safetensors file: its tensors, in data order,

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"uniter/internal/atomicfile"
 )
 
 // noTempFiles fails if dir holds anything but the names in keep.
@@ -191,7 +193,7 @@ func TestWriteSafetensorsAtomic(t *testing.T) {
 		}
 		before, _ := os.ReadFile(target)
 		boom := errors.New("disk full")
-		err := writeAtomic(target, func(w io.Writer) error {
+		err := atomicfile.Write(target, func(w io.Writer) error {
 			w.Write(bytes.Repeat([]byte("x"), 3<<20))
 			return boom
 		})

@@ -4,13 +4,13 @@
 package npy
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
-	"os"
-	"path/filepath"
 	"strings"
+
+	"uniter/internal/atomicfile"
 )
 
 // Header returns the .npy preamble for a float32 array of the given shape:
@@ -45,31 +45,21 @@ func WriteFloat32(path string, shape []int, data []float32) error {
 	if n != len(data) {
 		return fmt.Errorf("npy %s: shape %v holds %d values, got %d", path, shape, n, len(data))
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	err := atomicfile.Write(path, func(w io.Writer) error {
+		if _, err := w.Write(Header(shape)); err != nil {
+			return err
+		}
+		var buf [4]byte
+		for _, v := range data {
+			binary.LittleEndian.PutUint32(buf[:], math.Float32bits(v))
+			if _, err := w.Write(buf[:]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("npy %s: %w", path, err)
-	}
-	defer os.Remove(f.Name())
-	w := bufio.NewWriterSize(f, 1<<20)
-	w.Write(Header(shape))
-	var buf [4]byte
-	for _, v := range data {
-		binary.LittleEndian.PutUint32(buf[:], math.Float32bits(v))
-		w.Write(buf[:])
-	}
-	if err := w.Flush(); err != nil {
-		f.Close()
-		return fmt.Errorf("npy %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("npy %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("npy %s: %w", path, err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("npy %s: %w", path, err)
+		return fmt.Errorf("npy: %w", err)
 	}
 	return nil
 }

@@ -5,7 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
+
+	"uniter/internal/atomicfile"
 )
 
 // Row is one line of log/metrics.jsonl: named values in a fixed order, so
@@ -98,7 +99,7 @@ func openMetrics(path string, resumeStep int, resume bool) (*metricsLog, error) 
 				l.records = append(l.records, r)
 			}
 		}
-		if err := writeFileSync(path, keep.Bytes()); err != nil {
+		if err := atomicfile.WriteFile(path, keep.Bytes()); err != nil {
 			return nil, fmt.Errorf("metrics %s: %w", path, err)
 		}
 	}
@@ -153,26 +154,4 @@ func ReadMetrics(path string) ([]Record, error) {
 		out = append(out, r)
 	}
 	return out, nil
-}
-
-// writeFileSync writes b to path through a synced temporary file and a
-// rename, so a crash leaves either the old or the new content.
-func writeFileSync(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }

@@ -14,6 +14,7 @@ import (
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
 
+	"uniter/internal/atomicfile"
 	"uniter/internal/data"
 )
 
@@ -124,7 +125,7 @@ func savePanels(path string, panels [][]*plot.Plot) error {
 	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(&buf); err != nil {
 		return fmt.Errorf("plot %s: %w", path, err)
 	}
-	if err := writeFileSync(path, buf.Bytes()); err != nil {
+	if err := atomicfile.WriteFile(path, buf.Bytes()); err != nil {
 		return fmt.Errorf("plot %s: %w", path, err)
 	}
 	return nil

@@ -18,6 +18,7 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 
+	"uniter/internal/atomicfile"
 	"uniter/internal/ckpt"
 	"uniter/internal/compute"
 	"uniter/internal/data"
@@ -144,10 +145,10 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, fmt.Errorf("pretrain: %w", err)
 	}
-	if err := writeFileSync(filepath.Join(logDir, "config.yaml"), cfg.YAML()); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(logDir, "config.yaml"), cfg.YAML()); err != nil {
 		return nil, fmt.Errorf("pretrain: log/config.yaml: %w", err)
 	}
-	if err := writeFileSync(filepath.Join(logDir, "model.json"), mc.JSON()); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(logDir, "model.json"), mc.JSON()); err != nil {
 		return nil, fmt.Errorf("pretrain: log/model.json: %w", err)
 	}
 	if t.metrics, err = openMetrics(filepath.Join(logDir, "metrics.jsonl"), t.step, resumeFrom != ""); err != nil {
