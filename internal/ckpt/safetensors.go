@@ -143,7 +143,7 @@ func safetensorsHeader(sd *StateDict, meta map[string]string) ([]byte, error) {
 		header[k] = e
 	}
 	if len(sd.Tensors) != len(sd.Keys) {
-		return nil, fmt.Errorf("Tensors holds %d entries but Keys lists %d", len(sd.Tensors), len(sd.Keys))
+		return nil, fmt.Errorf("state dict has %d tensors but lists %d keys", len(sd.Tensors), len(sd.Keys))
 	}
 	if len(meta) > 0 {
 		header["__metadata__"] = meta

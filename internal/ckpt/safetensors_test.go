@@ -134,7 +134,7 @@ func TestWriteSafetensorsInvalid(t *testing.T) {
 		{"count mismatch", &StateDict{Keys: []string{"a"}, Tensors: map[string]*Tensor{"a": f([]int{3}, 1, 2)}}, `key "a": shape [3] needs 3 values, tensor has 2`},
 		{"missing tensor", &StateDict{Keys: []string{"a"}, Tensors: map[string]*Tensor{}}, `key "a" has no tensor`},
 		{"duplicate key", &StateDict{Keys: []string{"a", "a"}, Tensors: map[string]*Tensor{"a": f([]int{1}, 1)}}, "listed twice"},
-		{"unlisted tensor", &StateDict{Keys: []string{"a"}, Tensors: map[string]*Tensor{"a": f([]int{1}, 1), "b": f([]int{1}, 1)}}, "Tensors holds 2 entries but Keys lists 1"},
+		{"unlisted tensor", &StateDict{Keys: []string{"a"}, Tensors: map[string]*Tensor{"a": f([]int{1}, 1), "b": f([]int{1}, 1)}}, "state dict has 2 tensors but lists 1 keys"},
 		{"reserved name", &StateDict{Keys: []string{"__metadata__"}, Tensors: map[string]*Tensor{"__metadata__": f([]int{1}, 1)}}, "reserved"},
 		{"negative dim", &StateDict{Keys: []string{"a"}, Tensors: map[string]*Tensor{"a": f([]int{-1})}}, "invalid shape"},
 		{"unknown dtype", &StateDict{Keys: []string{"a"}, Tensors: map[string]*Tensor{"a": {Shape: []int{1}, DType: "complex64"}}}, `unknown dtype "complex64"`},
