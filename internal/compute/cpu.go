@@ -167,17 +167,3 @@ func (c *CPU) parallelFor(n, grain int, fn func(lo, hi int)) {
 	fn(0, size)
 	wg.Wait()
 }
-
-// mustLen panics unless t has n elements.
-func mustLen(op, name string, t *Tensor, n int) {
-	if t.Len() != n {
-		panic(fmt.Sprintf("compute: %s: %s has shape %v (%d elements), want %d", op, name, t.Shape, t.Len(), n))
-	}
-}
-
-// mustMatrix panics unless t is seen as a [rows, cols] matrix.
-func mustMatrix(op, name string, t *Tensor, rows, cols int) {
-	if t.Rows() != rows || t.Cols() != cols {
-		panic(fmt.Sprintf("compute: %s: %s has shape %v, want [%d, %d]", op, name, t.Shape, rows, cols))
-	}
-}

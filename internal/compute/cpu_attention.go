@@ -13,17 +13,10 @@ type attnGeom struct {
 	lens               []int32
 }
 
-// attnGeometry derives and checks the layout of q, k, v, out and lens.
+// attnGeometry checks the layout (AttentionShape) and the host lengths.
 func attnGeometry(op string, q, k, v, out, lens *Tensor, heads int) attnGeom {
-	b := lens.Len()
-	d := q.Cols()
-	if heads <= 0 || b == 0 || d%heads != 0 || q.Rows()%b != 0 {
-		panic(fmt.Sprintf("compute: %s: q %v with %d heads and %d sequences", op, q.Shape, heads, b))
-	}
-	g := attnGeom{b: b, s: q.Rows() / b, heads: heads, dh: d / heads, d: d, lens: I32s(lens)}
-	mustMatrix(op, "k", k, q.Rows(), d)
-	mustMatrix(op, "v", v, q.Rows(), d)
-	mustMatrix(op, "out", out, q.Rows(), d)
+	sh := AttentionShape(op, q, k, v, out, lens, heads)
+	g := attnGeom{b: sh.B, s: sh.S, heads: sh.Heads, dh: sh.Dh, d: sh.D, lens: I32s(lens)}
 	for i, l := range g.lens {
 		if l < 0 || int(l) > g.s {
 			panic(fmt.Sprintf("compute: %s: lens[%d] = %d outside [0, %d]", op, i, l, g.s))
@@ -85,7 +78,7 @@ func zeroHeadRows(x []float32, g attnGeom, b, h, from int) {
 // past lens[b] are set to 0.
 func (c *CPU) AttentionFwd(out, lse, q, k, v, lens *Tensor, heads int, scale, p float32, seed uint64) {
 	g := attnGeometry("AttentionFwd", q, k, v, out, lens, heads)
-	mustLen("AttentionFwd", "lse", lse, g.b*heads*g.s)
+	MustLen("AttentionFwd", "lse", lse, g.b*heads*g.s)
 	outs, ls, qs, ks, vs := F32s(out), F32s(lse), F32s(q), F32s(k), F32s(v)
 	dscale := dropoutScale(p)
 	c.forPairs(g, 1, func(scr []float32, b, h int) {
@@ -127,11 +120,11 @@ func (c *CPU) AttentionFwd(out, lse, q, k, v, lens *Tensor, heads int, scale, p 
 // the mask drops, and P*mask*scale*dP' = P'*dP').
 func (c *CPU) AttentionBwd(dq, dk, dv, dout, out, lse, q, k, v, lens *Tensor, heads int, scale, p float32, seed uint64) {
 	g := attnGeometry("AttentionBwd", q, k, v, out, lens, heads)
-	mustMatrix("AttentionBwd", "dq", dq, q.Rows(), g.d)
-	mustMatrix("AttentionBwd", "dk", dk, q.Rows(), g.d)
-	mustMatrix("AttentionBwd", "dv", dv, q.Rows(), g.d)
-	mustMatrix("AttentionBwd", "dout", dout, q.Rows(), g.d)
-	mustLen("AttentionBwd", "lse", lse, g.b*heads*g.s)
+	MustMatrix("AttentionBwd", "dq", dq, q.Rows(), g.d)
+	MustMatrix("AttentionBwd", "dk", dk, q.Rows(), g.d)
+	MustMatrix("AttentionBwd", "dv", dv, q.Rows(), g.d)
+	MustMatrix("AttentionBwd", "dout", dout, q.Rows(), g.d)
+	MustLen("AttentionBwd", "lse", lse, g.b*heads*g.s)
 	dqs, dks, dvs, dos := F32s(dq), F32s(dk), F32s(dv), F32s(dout)
 	ls, qs, ks, vs := F32s(lse), F32s(q), F32s(k), F32s(v)
 	dscale := dropoutScale(p)

@@ -9,8 +9,8 @@ import (
 // Add sets dst = a + b; dst may alias a or b.
 func (c *CPU) Add(dst, a, b *Tensor) {
 	n := dst.Len()
-	mustLen("Add", "a", a, n)
-	mustLen("Add", "b", b, n)
+	MustLen("Add", "a", a, n)
+	MustLen("Add", "b", b, n)
 	d, as, bs := F32s(dst), F32s(a), F32s(b)
 	c.parallelFor(n, grainMemory, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
@@ -21,7 +21,7 @@ func (c *CPU) Add(dst, a, b *Tensor) {
 
 // Axpy sets y += alpha*x.
 func (c *CPU) Axpy(alpha float32, x, y *Tensor) {
-	mustLen("Axpy", "x", x, y.Len())
+	MustLen("Axpy", "x", x, y.Len())
 	xs, ys := F32s(x), F32s(y)
 	c.parallelFor(len(ys), grainMemory, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
@@ -44,7 +44,7 @@ func (c *CPU) Scale(x *Tensor, alpha float32) {
 // chunks of [0, out.Len()) in parallel.
 func (c *CPU) pointwise(op string, grain int, out *Tensor, in []*Tensor, body func(lo, hi int)) {
 	for _, t := range in {
-		mustLen(op, "input", t, out.Len())
+		MustLen(op, "input", t, out.Len())
 	}
 	c.parallelFor(out.Len(), grain, body)
 }
@@ -123,7 +123,7 @@ func (c *CPU) dropout(op string, out, x *Tensor, p float32, seed uint64) {
 		}
 		return
 	}
-	mustLen(op, "input", x, out.Len())
+	MustLen(op, "input", x, out.Len())
 	o, xs := F32s(out), F32s(x)
 	scale := dropoutScale(p)
 	c.parallelFor(len(o), grainCheap, func(lo, hi int) {

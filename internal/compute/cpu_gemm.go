@@ -1,21 +1,8 @@
 package compute
 
-import "fmt"
-
 // Gemm computes c = alpha*op(a)*op(b) + beta*c through OpenBLAS.
 func (c *CPU) Gemm(transA, transB bool, alpha float32, a, b *Tensor, beta float32, cm *Tensor) {
-	m, n := cm.Rows(), cm.Cols()
-	am, k := a.Rows(), a.Cols()
-	if transA {
-		am, k = k, am
-	}
-	bk, bn := b.Rows(), b.Cols()
-	if transB {
-		bk, bn = bn, bk
-	}
-	if am != m || bk != k || bn != n {
-		panic(fmt.Sprintf("compute: Gemm(transA=%v, transB=%v): a %v, b %v, c %v do not conform", transA, transB, a.Shape, b.Shape, cm.Shape))
-	}
+	m, n, k := GemmDims(transA, transB, a, b, cm)
 	cs := F32s(cm)
 	if m == 0 || n == 0 {
 		return
@@ -39,7 +26,7 @@ func (c *CPU) Gemm(transA, transB bool, alpha float32, a, b *Tensor, beta float3
 // AddBias adds bias [N] to every row of x [M,N] in place.
 func (c *CPU) AddBias(x, bias *Tensor) {
 	n := x.Cols()
-	mustLen("AddBias", "bias", bias, n)
+	MustLen("AddBias", "bias", bias, n)
 	xs, bs := F32s(x), F32s(bias)
 	c.parallelFor(x.Rows(), rowsFor(grainCheap, n), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
@@ -54,7 +41,7 @@ func (c *CPU) AddBias(x, bias *Tensor) {
 // SumRows sets dst[j] = beta*dst[j] + sum_i x[i,j], summing in float64.
 func (c *CPU) SumRows(dst, x *Tensor, beta float32) {
 	m, n := x.Rows(), x.Cols()
-	mustLen("SumRows", "dst", dst, n)
+	MustLen("SumRows", "dst", dst, n)
 	ds, xs := F32s(dst), F32s(x)
 	// Columns are split between workers so that each column's sum has a
 	// single owner and a fixed order.

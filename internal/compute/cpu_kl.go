@@ -7,9 +7,9 @@ import "math"
 // gradient, so dlogits may alias logits; sums are float64.
 func (c *CPU) SoftmaxKL(loss, dlogits, logits, target *Tensor, gradScale float32) {
 	n, cols := logits.Rows(), logits.Cols()
-	mustLen("SoftmaxKL", "loss", loss, n)
-	mustMatrix("SoftmaxKL", "target", target, n, cols)
-	mustMatrix("SoftmaxKL", "dlogits", dlogits, n, cols)
+	MustLen("SoftmaxKL", "loss", loss, n)
+	MustMatrix("SoftmaxKL", "target", target, n, cols)
+	MustMatrix("SoftmaxKL", "dlogits", dlogits, n, cols)
 	ls, xs, ts, gs := F32s(loss), F32s(logits), F32s(target), F32s(dlogits)
 	scale := float64(gradScale)
 	c.parallelFor(n, rowsFor(grainCostly, cols), func(lo, hi int) {

@@ -5,7 +5,7 @@ import "math"
 // Gather sets out[i,:] = src[idx[i],:].
 func (c *CPU) Gather(out, src, idx *Tensor) {
 	d := src.Cols()
-	mustMatrix("Gather", "out", out, idx.Len(), d)
+	MustMatrix("Gather", "out", out, idx.Len(), d)
 	outs, ss, is := F32s(out), F32s(src), I32s(idx)
 	c.parallelFor(len(is), rowsFor(grainMemory, d), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
@@ -19,7 +19,7 @@ func (c *CPU) Gather(out, src, idx *Tensor) {
 // repeated indices never race and every element sums in index order.
 func (c *CPU) ScatterAdd(dst, src, idx *Tensor) {
 	d := dst.Cols()
-	mustMatrix("ScatterAdd", "src", src, idx.Len(), d)
+	MustMatrix("ScatterAdd", "src", src, idx.Len(), d)
 	ds, ss, is := F32s(dst), F32s(src), I32s(idx)
 	c.parallelFor(d, rowsFor(grainMemory, len(is)), func(lo, hi int) {
 		for i, r := range is {
@@ -36,11 +36,11 @@ func (c *CPU) ScatterAdd(dst, src, idx *Tensor) {
 // be nil when only the loss is wanted (evaluation).
 func (c *CPU) SoftmaxXent(loss, dlogits, logits, labels *Tensor, ignore int32, gradScale float32) {
 	n, cols := logits.Rows(), logits.Cols()
-	mustLen("SoftmaxXent", "loss", loss, n)
-	mustLen("SoftmaxXent", "labels", labels, n)
+	MustLen("SoftmaxXent", "loss", loss, n)
+	MustLen("SoftmaxXent", "labels", labels, n)
 	var gs []float32
 	if dlogits != nil {
-		mustMatrix("SoftmaxXent", "dlogits", dlogits, n, cols)
+		MustMatrix("SoftmaxXent", "dlogits", dlogits, n, cols)
 		gs = F32s(dlogits)
 	}
 	ls, xs, ys := F32s(loss), F32s(logits), I32s(labels)

@@ -46,9 +46,9 @@ func (c *CPU) AllFinite(x *Tensor) bool {
 // in float64 and stored back as float32.
 func (c *CPU) AdamW(p, g, m, v *Tensor, gradScale, lr, b1, b2, eps, wd float32, step int) {
 	n := p.Len()
-	mustLen("AdamW", "g", g, n)
-	mustLen("AdamW", "m", m, n)
-	mustLen("AdamW", "v", v, n)
+	MustLen("AdamW", "g", g, n)
+	MustLen("AdamW", "m", m, n)
+	MustLen("AdamW", "v", v, n)
 	ps, gs, ms, vs := F32s(p), F32s(g), F32s(m), F32s(v)
 	beta1, beta2 := float64(b1), float64(b2)
 	bc1 := 1 - math.Pow(beta1, float64(step))

@@ -85,18 +85,6 @@ func (b *Backend) run(op string, f func(d *Device) error) {
 	}
 }
 
-func mustLen(op, name string, t *compute.Tensor, n int) {
-	if t.Len() != n {
-		panic(fmt.Sprintf("gpu: %s: %s has shape %v (%d elements), want %d", op, name, t.Shape, t.Len(), n))
-	}
-}
-
-func mustMatrix(op, name string, t *compute.Tensor, rows, cols int) {
-	if t.Rows() != rows || t.Cols() != cols {
-		panic(fmt.Sprintf("gpu: %s: %s has shape %v, want [%d, %d]", op, name, t.Shape, rows, cols))
-	}
-}
-
 func mustType(op, name string, t *compute.Tensor, dt compute.DType) {
 	if t.DType != dt {
 		panic(fmt.Sprintf("gpu: %s: %s is %v, want %v", op, name, t.DType, dt))
@@ -219,18 +207,7 @@ func (b *Backend) Copy(dst, src *compute.Tensor) {
 
 // Gemm computes c = alpha*op(a)*op(b) + beta*c in fp32 (no TF32).
 func (b *Backend) Gemm(transA, transB bool, alpha float32, a, bm *compute.Tensor, beta float32, c *compute.Tensor) {
-	m, n := c.Rows(), c.Cols()
-	am, k := a.Rows(), a.Cols()
-	if transA {
-		am, k = k, am
-	}
-	bk, bn := bm.Rows(), bm.Cols()
-	if transB {
-		bk, bn = bn, bk
-	}
-	if am != m || bk != k || bn != n {
-		panic(fmt.Sprintf("gpu: Gemm(transA=%v, transB=%v): a %v, b %v, c %v do not conform", transA, transB, a.Shape, bm.Shape, c.Shape))
-	}
+	m, n, k := compute.GemmDims(transA, transB, a, bm, c)
 	if m == 0 || n == 0 {
 		return
 	}
@@ -252,28 +229,28 @@ func (b *Backend) Gemm(transA, transB bool, alpha float32, a, bm *compute.Tensor
 // AddBias adds bias [N] to every row of x [M,N] in place.
 func (b *Backend) AddBias(x, bias *compute.Tensor) {
 	n := x.Cols()
-	mustLen("AddBias", "bias", bias, n)
+	compute.MustLen("AddBias", "bias", bias, n)
 	b.run("AddBias", func(d *Device) error { return d.addBiasF32(dptr(x), dptr(bias), x.Rows(), n) })
 }
 
 // SumRows sets dst[j] = beta*dst[j] + sum_i x[i,j], summing in float64.
 func (b *Backend) SumRows(dst, x *compute.Tensor, beta float32) {
 	m, n := x.Rows(), x.Cols()
-	mustLen("SumRows", "dst", dst, n)
+	compute.MustLen("SumRows", "dst", dst, n)
 	b.run("SumRows", func(d *Device) error { return d.sumRowsF32(dptr(dst), dptr(x), beta, m, n) })
 }
 
 // Add sets dst = a + b; dst may alias a or b.
 func (b *Backend) Add(dst, a, bb *compute.Tensor) {
 	n := dst.Len()
-	mustLen("Add", "a", a, n)
-	mustLen("Add", "b", bb, n)
+	compute.MustLen("Add", "a", a, n)
+	compute.MustLen("Add", "b", bb, n)
 	b.run("Add", func(d *Device) error { return d.addF32(dptr(dst), dptr(a), dptr(bb), n) })
 }
 
 // Axpy sets y += alpha*x.
 func (b *Backend) Axpy(alpha float32, x, y *compute.Tensor) {
-	mustLen("Axpy", "x", x, y.Len())
+	compute.MustLen("Axpy", "x", x, y.Len())
 	b.run("Axpy", func(d *Device) error { return d.axpyF32(dptr(y), dptr(x), alpha, y.Len()) })
 }
 
@@ -283,13 +260,13 @@ func (b *Backend) Scale(x *compute.Tensor, alpha float32) {
 }
 
 func (b *Backend) unary(op, kernel string, out, x *compute.Tensor) {
-	mustLen(op, "x", x, out.Len())
+	compute.MustLen(op, "x", x, out.Len())
 	b.run(op, func(d *Device) error { return d.unaryF32(kernel, dptr(out), dptr(x), out.Len()) })
 }
 
 func (b *Backend) binary(op, kernel string, dx, y, dout *compute.Tensor) {
-	mustLen(op, "input", y, dx.Len())
-	mustLen(op, "dout", dout, dx.Len())
+	compute.MustLen(op, "input", y, dx.Len())
+	compute.MustLen(op, "dout", dout, dx.Len())
 	b.run(op, func(d *Device) error { return d.binaryF32(kernel, dptr(dx), dptr(y), dptr(dout), dx.Len()) })
 }
 
@@ -322,7 +299,7 @@ func (b *Backend) ReluBwd(dx, y, dout *compute.Tensor) {
 func dropoutScale(p float32) float32 { return 1 / (1 - p) }
 
 func (b *Backend) dropout(op string, out, x *compute.Tensor, p float32, seed uint64) {
-	mustLen(op, "input", x, out.Len())
+	compute.MustLen(op, "input", x, out.Len())
 	if p <= 0 {
 		b.Copy(out, x)
 		return
@@ -347,11 +324,11 @@ func (b *Backend) DropoutBwd(dx, dout *compute.Tensor, p float32, seed uint64) {
 // LayerNormFwd normalises each row of x with double-precision statistics.
 func (b *Backend) LayerNormFwd(out, mean, rstd, x, gamma, beta *compute.Tensor, eps float32) {
 	m, n := x.Rows(), x.Cols()
-	mustMatrix("LayerNormFwd", "out", out, m, n)
-	mustLen("LayerNormFwd", "mean", mean, m)
-	mustLen("LayerNormFwd", "rstd", rstd, m)
-	mustLen("LayerNormFwd", "gamma", gamma, n)
-	mustLen("LayerNormFwd", "beta", beta, n)
+	compute.MustMatrix("LayerNormFwd", "out", out, m, n)
+	compute.MustLen("LayerNormFwd", "mean", mean, m)
+	compute.MustLen("LayerNormFwd", "rstd", rstd, m)
+	compute.MustLen("LayerNormFwd", "gamma", gamma, n)
+	compute.MustLen("LayerNormFwd", "beta", beta, n)
 	if m == 0 {
 		return
 	}
@@ -364,13 +341,13 @@ func (b *Backend) LayerNormFwd(out, mean, rstd, x, gamma, beta *compute.Tensor, 
 // parameter gradients are reduced first because dx may alias dout.
 func (b *Backend) LayerNormBwd(dx, dgamma, dbeta, dout, x, mean, rstd, gamma *compute.Tensor) {
 	m, n := x.Rows(), x.Cols()
-	mustMatrix("LayerNormBwd", "dx", dx, m, n)
-	mustMatrix("LayerNormBwd", "dout", dout, m, n)
-	mustLen("LayerNormBwd", "mean", mean, m)
-	mustLen("LayerNormBwd", "rstd", rstd, m)
-	mustLen("LayerNormBwd", "gamma", gamma, n)
-	mustLen("LayerNormBwd", "dgamma", dgamma, n)
-	mustLen("LayerNormBwd", "dbeta", dbeta, n)
+	compute.MustMatrix("LayerNormBwd", "dx", dx, m, n)
+	compute.MustMatrix("LayerNormBwd", "dout", dout, m, n)
+	compute.MustLen("LayerNormBwd", "mean", mean, m)
+	compute.MustLen("LayerNormBwd", "rstd", rstd, m)
+	compute.MustLen("LayerNormBwd", "gamma", gamma, n)
+	compute.MustLen("LayerNormBwd", "dgamma", dgamma, n)
+	compute.MustLen("LayerNormBwd", "dbeta", dbeta, n)
 	if m == 0 {
 		return
 	}
@@ -382,23 +359,13 @@ func (b *Backend) LayerNormBwd(dx, dgamma, dbeta, dout, x, mean, rstd, gamma *co
 	})
 }
 
-// attnGeom is the layout shared by the attention forward and backward.
-type attnGeom struct{ b, s, dh, d int }
-
-func attnGeometry(op string, q, k, v, out, lens *compute.Tensor, heads int) attnGeom {
-	b := lens.Len()
-	d := q.Cols()
-	if heads <= 0 || b == 0 || d%heads != 0 || q.Rows()%b != 0 {
-		panic(fmt.Sprintf("gpu: %s: q %v with %d heads and %d sequences", op, q.Shape, heads, b))
+// attnGeometry checks the layout (compute.AttentionShape) against what the
+// kernel supports.
+func attnGeometry(op string, q, k, v, out, lens *compute.Tensor, heads int) compute.AttnShape {
+	g := compute.AttentionShape(op, q, k, v, out, lens, heads)
+	if g.Dh > attnMaxDh {
+		panic(fmt.Sprintf("gpu: %s: head size %d exceeds the kernel's %d", op, g.Dh, attnMaxDh))
 	}
-	g := attnGeom{b: b, s: q.Rows() / b, dh: d / heads, d: d}
-	if g.dh > attnMaxDh {
-		panic(fmt.Sprintf("gpu: %s: head size %d exceeds the kernel's %d", op, g.dh, attnMaxDh))
-	}
-	mustType(op, "lens", lens, compute.I32)
-	mustMatrix(op, "k", k, q.Rows(), d)
-	mustMatrix(op, "v", v, q.Rows(), d)
-	mustMatrix(op, "out", out, q.Rows(), d)
 	return g
 }
 
@@ -406,12 +373,12 @@ func attnGeometry(op string, q, k, v, out, lens *compute.Tensor, heads int) attn
 // is read on the device, so its range is the caller's to check.
 func (b *Backend) AttentionFwd(out, lse, q, k, v, lens *compute.Tensor, heads int, scale, p float32, seed uint64) {
 	g := attnGeometry("AttentionFwd", q, k, v, out, lens, heads)
-	mustLen("AttentionFwd", "lse", lse, g.b*heads*g.s)
-	if g.s == 0 {
+	compute.MustLen("AttentionFwd", "lse", lse, g.B*heads*g.S)
+	if g.S == 0 {
 		return
 	}
 	b.run("AttentionFwd", func(d *Device) error {
-		return d.attnFwdF32(dptr(out), dptr(lse), dptr(q), dptr(k), dptr(v), dptr(lens), g.b, g.s, heads, g.dh,
+		return d.attnFwdF32(dptr(out), dptr(lse), dptr(q), dptr(k), dptr(v), dptr(lens), g.B, g.S, heads, g.Dh,
 			scale, p, dropoutScale(p), seed)
 	})
 }
@@ -420,37 +387,37 @@ func (b *Backend) AttentionFwd(out, lse, q, k, v, lens *compute.Tensor, heads in
 // lse. delta_i = dout_i.out_i is computed once into scratch memory.
 func (b *Backend) AttentionBwd(dq, dk, dv, dout, out, lse, q, k, v, lens *compute.Tensor, heads int, scale, p float32, seed uint64) {
 	g := attnGeometry("AttentionBwd", q, k, v, out, lens, heads)
-	mustMatrix("AttentionBwd", "dq", dq, q.Rows(), g.d)
-	mustMatrix("AttentionBwd", "dk", dk, q.Rows(), g.d)
-	mustMatrix("AttentionBwd", "dv", dv, q.Rows(), g.d)
-	mustMatrix("AttentionBwd", "dout", dout, q.Rows(), g.d)
-	mustLen("AttentionBwd", "lse", lse, g.b*heads*g.s)
-	if g.s == 0 {
+	compute.MustMatrix("AttentionBwd", "dq", dq, q.Rows(), g.D)
+	compute.MustMatrix("AttentionBwd", "dk", dk, q.Rows(), g.D)
+	compute.MustMatrix("AttentionBwd", "dv", dv, q.Rows(), g.D)
+	compute.MustMatrix("AttentionBwd", "dout", dout, q.Rows(), g.D)
+	compute.MustLen("AttentionBwd", "lse", lse, g.B*heads*g.S)
+	if g.S == 0 {
 		return
 	}
 	ds := dropoutScale(p)
 	b.run("AttentionBwd", func(d *Device) error {
-		delta, err := d.scratch(int64(g.b*heads*g.s) * 4)
+		delta, err := d.scratch(int64(g.B*heads*g.S) * 4)
 		if err != nil {
 			return err
 		}
 		defer d.done(delta)
-		if err := d.attnBwdDotF32(delta.ptr, dptr(dout), dptr(out), g.b, g.s, heads, g.dh); err != nil {
+		if err := d.attnBwdDotF32(delta.ptr, dptr(dout), dptr(out), g.B, g.S, heads, g.Dh); err != nil {
 			return err
 		}
 		if err := d.attnBwdDqF32(dptr(dq), dptr(dout), dptr(lse), delta.ptr, dptr(q), dptr(k), dptr(v), dptr(lens),
-			g.b, g.s, heads, g.dh, scale, p, ds, seed); err != nil {
+			g.B, g.S, heads, g.Dh, scale, p, ds, seed); err != nil {
 			return err
 		}
 		return d.attnBwdDkDvF32(dptr(dk), dptr(dv), dptr(dout), dptr(lse), delta.ptr, dptr(q), dptr(k), dptr(v), dptr(lens),
-			g.b, g.s, heads, g.dh, scale, p, ds, seed)
+			g.B, g.S, heads, g.Dh, scale, p, ds, seed)
 	})
 }
 
 // Gather sets out[i,:] = src[idx[i],:].
 func (b *Backend) Gather(out, src, idx *compute.Tensor) {
 	c := src.Cols()
-	mustMatrix("Gather", "out", out, idx.Len(), c)
+	compute.MustMatrix("Gather", "out", out, idx.Len(), c)
 	mustType("Gather", "idx", idx, compute.I32)
 	b.run("Gather", func(d *Device) error { return d.gatherF32(dptr(out), dptr(src), dptr(idx), idx.Len(), c) })
 }
@@ -459,7 +426,7 @@ func (b *Backend) Gather(out, src, idx *compute.Tensor) {
 // atomics, so in no fixed order).
 func (b *Backend) ScatterAdd(dst, src, idx *compute.Tensor) {
 	c := dst.Cols()
-	mustMatrix("ScatterAdd", "src", src, idx.Len(), c)
+	compute.MustMatrix("ScatterAdd", "src", src, idx.Len(), c)
 	mustType("ScatterAdd", "idx", idx, compute.I32)
 	b.run("ScatterAdd", func(d *Device) error { return d.scatterAddF32(dptr(dst), dptr(src), dptr(idx), idx.Len(), c) })
 }
@@ -468,11 +435,11 @@ func (b *Backend) ScatterAdd(dst, src, idx *compute.Tensor) {
 // logits.
 func (b *Backend) SoftmaxXent(loss, dlogits, logits, labels *compute.Tensor, ignore int32, gradScale float32) {
 	n, cols := logits.Rows(), logits.Cols()
-	mustLen("SoftmaxXent", "loss", loss, n)
-	mustLen("SoftmaxXent", "labels", labels, n)
+	compute.MustLen("SoftmaxXent", "loss", loss, n)
+	compute.MustLen("SoftmaxXent", "labels", labels, n)
 	mustType("SoftmaxXent", "labels", labels, compute.I32)
 	if dlogits != nil {
-		mustMatrix("SoftmaxXent", "dlogits", dlogits, n, cols)
+		compute.MustMatrix("SoftmaxXent", "dlogits", dlogits, n, cols)
 	}
 	if n == 0 {
 		return
@@ -485,9 +452,9 @@ func (b *Backend) SoftmaxXent(loss, dlogits, logits, labels *compute.Tensor, ign
 // SoftmaxKL computes per-row KL divergence of softmax(logits) from target.
 func (b *Backend) SoftmaxKL(loss, dlogits, logits, target *compute.Tensor, gradScale float32) {
 	n, cols := logits.Rows(), logits.Cols()
-	mustLen("SoftmaxKL", "loss", loss, n)
-	mustMatrix("SoftmaxKL", "target", target, n, cols)
-	mustMatrix("SoftmaxKL", "dlogits", dlogits, n, cols)
+	compute.MustLen("SoftmaxKL", "loss", loss, n)
+	compute.MustMatrix("SoftmaxKL", "target", target, n, cols)
+	compute.MustMatrix("SoftmaxKL", "dlogits", dlogits, n, cols)
 	if n == 0 {
 		return
 	}
@@ -562,9 +529,9 @@ func (b *Backend) AllFinite(x *compute.Tensor) bool {
 // bias corrections are computed here in float64 as the CPU backend does.
 func (b *Backend) AdamW(p, g, m, v *compute.Tensor, gradScale, lr, b1, b2, eps, wd float32, step int) {
 	n := p.Len()
-	mustLen("AdamW", "g", g, n)
-	mustLen("AdamW", "m", m, n)
-	mustLen("AdamW", "v", v, n)
+	compute.MustLen("AdamW", "g", g, n)
+	compute.MustLen("AdamW", "m", m, n)
+	compute.MustLen("AdamW", "v", v, n)
 	beta1, beta2 := float64(b1), float64(b2)
 	bc1 := 1 - math.Pow(beta1, float64(step))
 	bc2 := 1 - math.Pow(beta2, float64(step))

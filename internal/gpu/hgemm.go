@@ -119,7 +119,7 @@ func (b *Backend) HGemm(transA, transB bool, alpha float32, a, bm *Half, beta fl
 	m, n := c.Rows(), c.Cols()
 	k := hgemmShape(transA, transB, a, bm, m, n)
 	if epi != EpiNone {
-		mustLen("HGemm", "bias", bias, n)
+		compute.MustLen("HGemm", "bias", bias, n)
 	}
 	b.run("HGemm", func(d *Device) error {
 		return d.hgemm(dptr(c), false, a.ptr(), bm.ptr(), dptrOpt(bias), m, n, k, a.Cols, bm.Cols, n, transA, transB, alpha, beta, epi)
@@ -131,7 +131,7 @@ func (b *Backend) HGemm(transA, transB bool, alpha float32, a, bm *Half, beta fl
 func (b *Backend) HGemmHalf(transA, transB bool, alpha float32, a, bm *Half, beta float32, c *Half, bias *compute.Tensor, epi Epilogue) {
 	k := hgemmShape(transA, transB, a, bm, c.Rows, c.Cols)
 	if epi != EpiNone {
-		mustLen("HGemmHalf", "bias", bias, c.Cols)
+		compute.MustLen("HGemmHalf", "bias", bias, c.Cols)
 	}
 	b.run("HGemmHalf", func(d *Device) error {
 		return d.hgemm(c.ptr(), true, a.ptr(), bm.ptr(), dptrOpt(bias), c.Rows, c.Cols, k, a.Cols, bm.Cols, c.Cols, transA, transB, alpha, beta, epi)

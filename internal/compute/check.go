@@ -1,0 +1,60 @@
+package compute
+
+import "fmt"
+
+// Shape checks shared by every backend. A mismatch is a programming error
+// (the Backend interface has no error results), so they panic with the op
+// and operand named.
+
+// MustLen panics unless t has n elements.
+func MustLen(op, name string, t *Tensor, n int) {
+	if t.Len() != n {
+		panic(fmt.Sprintf("compute: %s: %s has shape %v (%d elements), want %d", op, name, t.Shape, t.Len(), n))
+	}
+}
+
+// MustMatrix panics unless t is seen as a [rows, cols] matrix.
+func MustMatrix(op, name string, t *Tensor, rows, cols int) {
+	if t.Rows() != rows || t.Cols() != cols {
+		panic(fmt.Sprintf("compute: %s: %s has shape %v, want [%d, %d]", op, name, t.Shape, rows, cols))
+	}
+}
+
+// GemmDims returns m, n, k of c = op(a)*op(b) and panics unless the three
+// operands conform.
+func GemmDims(transA, transB bool, a, b, c *Tensor) (m, n, k int) {
+	m, n = c.Rows(), c.Cols()
+	am, k := a.Rows(), a.Cols()
+	if transA {
+		am, k = k, am
+	}
+	bk, bn := b.Rows(), b.Cols()
+	if transB {
+		bk, bn = bn, bk
+	}
+	if am != m || bk != k || bn != n {
+		panic(fmt.Sprintf("compute: Gemm(transA=%v, transB=%v): a %v, b %v, c %v do not conform", transA, transB, a.Shape, b.Shape, c.Shape))
+	}
+	return m, n, k
+}
+
+// AttnShape is the layout of an attention call: B sequences of S positions,
+// Heads heads of Dh columns, D = Heads*Dh.
+type AttnShape struct{ B, S, Heads, Dh, D int }
+
+// AttentionShape derives the layout of q, k, v, out ([B*S, D]) and lens
+// ([B]) and panics unless they agree. The values of lens are the backend's
+// to check, since they may live on a device.
+func AttentionShape(op string, q, k, v, out, lens *Tensor, heads int) AttnShape {
+	b, d := lens.Len(), q.Cols()
+	if heads <= 0 || b == 0 || d%heads != 0 || q.Rows()%b != 0 {
+		panic(fmt.Sprintf("compute: %s: q %v with %d heads and %d sequences", op, q.Shape, heads, b))
+	}
+	if lens.DType != I32 {
+		panic(fmt.Sprintf("compute: %s: lens is %v, want i32", op, lens.DType))
+	}
+	MustMatrix(op, "k", k, q.Rows(), d)
+	MustMatrix(op, "v", v, q.Rows(), d)
+	MustMatrix(op, "out", out, q.Rows(), d)
+	return AttnShape{B: b, S: q.Rows() / b, Heads: heads, Dh: d / heads, D: d}
+}
