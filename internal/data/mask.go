@@ -104,16 +104,16 @@ func ApplyRegionMask(ex *Example, mask []bool, softLabels []float32, imgDim int)
 		clear(feat)
 		if softLabels != nil {
 			soft := softLabels[r*LabelDim : (r+1)*LabelDim]
-			ex.MRCLabels = append(ex.MRCLabels, argmaxFrom1(soft))
+			ex.MRCLabels = append(ex.MRCLabels, MRCLabel(soft))
 			ex.MRCSoft = append(ex.MRCSoft, soft...)
 		}
 	}
 	return nil
 }
 
-// argmaxFrom1 is argmax(soft[1:])+1: the most likely non-background class,
-// the first on ties as torch.max returns.
-func argmaxFrom1(soft []float32) int32 {
+// MRCLabel is argmax(soft[1:])+1, a region's MRC target: the most likely
+// non-background class, the first on ties as torch.max returns.
+func MRCLabel(soft []float32) int32 {
 	best := 1
 	for c := 2; c < len(soft); c++ {
 		if soft[c] > soft[best] {

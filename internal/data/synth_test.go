@@ -342,7 +342,7 @@ func checkRE(t *testing.T, dir, split string, gt, det *db.ImgDB) {
 			t.Fatalf("re %s: %d gt regions for %d annotations", im.FileName, g.NBB, len(im.AnnIDs))
 		}
 		for r, a := range im.AnnIDs {
-			if c := argmaxFrom1(g.SoftLabels[r*LabelDim : (r+1)*LabelDim]); int(c) != annCat[a] {
+			if c := MRCLabel(g.SoftLabels[r*LabelDim : (r+1)*LabelDim]); int(c) != annCat[a] {
 				t.Fatalf("re %s region %d: class %d, annotation category %d", im.FileName, r, c, annCat[a])
 			}
 		}

@@ -223,24 +223,12 @@ func (e *Env) releaseTxn(t *C.MDB_txn) {
 // Get returns a copy of the value stored under key. An absent key gives an
 // error wrapping ErrNotFound. Puts not yet flushed are not visible.
 func (e *Env) Get(key []byte) ([]byte, error) {
-	if len(key) == 0 {
-		return nil, fmt.Errorf("lmdb %s: get: empty key", e.path)
-	}
-	t, err := e.readTxn()
-	if err != nil {
-		return nil, err
-	}
-	defer e.releaseTxn(t)
-	var val C.MDB_val
-	rc := C.uniter_get(t, e.dbi, unsafe.Pointer(&key[0]), C.size_t(len(key)), &val)
-	switch rc {
-	case 0:
-	case C.MDB_NOTFOUND:
-		return nil, fmt.Errorf("lmdb %s: key %q: %w", e.path, key, ErrNotFound)
-	default:
-		return nil, fmt.Errorf("lmdb %s: get %q: %w", e.path, key, Errno(rc))
-	}
-	return goBytes(val), nil
+	var b []byte
+	err := e.View(key, func(val []byte) error {
+		b = append(make([]byte, 0, len(val)), val...)
+		return nil
+	})
+	return b, err
 }
 
 // goBytes copies a value out of the memory map, which is only valid while

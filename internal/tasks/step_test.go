@@ -109,7 +109,7 @@ func goldenBatch(t *testing.T, r *ref, task string, imgDim int) *data.Batch {
 			}
 			for _, m := range mask {
 				if m && task == data.TaskMRC {
-					ex.MRCLabels = append(ex.MRCLabels, argmaxFrom1(soft[k*classes:(k+1)*classes]))
+					ex.MRCLabels = append(ex.MRCLabels, data.MRCLabel(soft[k*classes:(k+1)*classes]))
 				}
 				if m {
 					k++
@@ -128,17 +128,6 @@ func goldenBatch(t *testing.T, r *ref, task string, imgDim int) *data.Batch {
 		b.MRCSoft = soft
 	}
 	return b
-}
-
-// argmaxFrom1 is argmax(soft[1:])+1, the first on ties as torch.max.
-func argmaxFrom1(soft []float32) int32 {
-	best := 1
-	for c := 2; c < len(soft); c++ {
-		if soft[c] > soft[best] {
-			best = c
-		}
-	}
-	return int32(best)
 }
 
 // TestStepMatchesPyTorch runs every task on the golden model and compares

@@ -77,15 +77,23 @@ func (a *AdamW) Step(lr, gradScale float64) {
 	}
 }
 
+// moment is one optimizer state tensor of a parameter and its key prefix.
+type moment struct {
+	prefix string
+	x      *compute.Tensor
+}
+
+// moments lists parameter i's state under the reference's state names.
+func (a *AdamW) moments(i int) []moment {
+	return []moment{{"exp_avg.", a.m[i]}, {"exp_avg_sq.", a.v[i]}}
+}
+
 // StateDict returns the moments as exp_avg.NAME and exp_avg_sq.NAME (the
 // reference's state names).
 func (a *AdamW) StateDict() *ckpt.StateDict {
 	sd := &ckpt.StateDict{Tensors: map[string]*ckpt.Tensor{}}
 	for i, p := range a.params {
-		for _, t := range []struct {
-			prefix string
-			x      *compute.Tensor
-		}{{"exp_avg.", a.m[i]}, {"exp_avg_sq.", a.v[i]}} {
+		for _, t := range a.moments(i) {
 			k := t.prefix + p.Name
 			sd.Keys = append(sd.Keys, k)
 			sd.Tensors[k] = &ckpt.Tensor{Shape: append([]int(nil), p.Shape...), DType: "float32", Float: a.be.ToF32(t.x)}
@@ -98,10 +106,7 @@ func (a *AdamW) StateDict() *ckpt.StateDict {
 // names the file in errors.
 func (a *AdamW) Load(sd *ckpt.StateDict, steps int, source string) error {
 	for i, p := range a.params {
-		for _, t := range []struct {
-			prefix string
-			x      *compute.Tensor
-		}{{"exp_avg.", a.m[i]}, {"exp_avg_sq.", a.v[i]}} {
+		for _, t := range a.moments(i) {
 			k := t.prefix + p.Name
 			st, ok := sd.Tensors[k]
 			if !ok {
