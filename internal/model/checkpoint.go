@@ -24,6 +24,9 @@ const (
 type LoadReport struct {
 	Unexpected []string // keys in the file the model has no parameter for
 	Missing    []string // non-backbone parameters the file lacks (left as initialised)
+	// MissingBackbone are backbone parameters the file lacks, left as
+	// initialised; only LoadInitStateDict accepts them.
+	MissingBackbone []string
 }
 
 // String is the one-line summary the CLI prints.
@@ -34,6 +37,9 @@ func (r LoadReport) String() string {
 	}
 	if n := len(r.Missing); n > 0 {
 		parts = append(parts, fmt.Sprintf("%d head parameters not in the checkpoint, randomly initialised (%s)", n, firstNames(r.Missing)))
+	}
+	if n := len(r.MissingBackbone); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d backbone parameters not in the checkpoint, randomly initialised (%s)", n, firstNames(r.MissingBackbone)))
 	}
 	return strings.Join(parts, "; ")
 }
@@ -69,6 +75,18 @@ func CanonicalKey(k string) string {
 // (backbone and any registered heads). A shape mismatch or a missing
 // backbone parameter is an error naming source and key.
 func (m *Model) LoadStateDict(sd *ckpt.StateDict, source string) (LoadReport, error) {
+	return m.loadStateDict(sd, source, false)
+}
+
+// LoadInitStateDict is LoadStateDict for the checkpoint a pretraining run
+// starts from, which may hold only part of the backbone (the official
+// uniter-base-init.pt is BERT: no image embeddings). As in the reference,
+// the missing parameters keep their initialisation and are reported.
+func (m *Model) LoadInitStateDict(sd *ckpt.StateDict, source string) (LoadReport, error) {
+	return m.loadStateDict(sd, source, true)
+}
+
+func (m *Model) loadStateDict(sd *ckpt.StateDict, source string, partial bool) (LoadReport, error) {
 	var rep LoadReport
 	loaded := map[*Param]string{}
 	for _, key := range sd.Keys {
@@ -96,10 +114,14 @@ func (m *Model) LoadStateDict(sd *ckpt.StateDict, source string) (LoadReport, er
 		if _, ok := loaded[p]; ok {
 			continue
 		}
-		if strings.HasPrefix(p.Name, "uniter.") {
+		switch {
+		case !strings.HasPrefix(p.Name, "uniter."):
+			rep.Missing = append(rep.Missing, p.Name)
+		case partial:
+			rep.MissingBackbone = append(rep.MissingBackbone, p.Name)
+		default:
 			return rep, fmt.Errorf("checkpoint %s: missing backbone parameter %q", source, p.Name)
 		}
-		rep.Missing = append(rep.Missing, p.Name)
 	}
 	return rep, nil
 }

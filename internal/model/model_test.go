@@ -211,3 +211,54 @@ func TestLoadErrors(t *testing.T) {
 		t.Errorf("shape mismatch: %v", err)
 	}
 }
+
+// TestLoadInitStateDict: an init checkpoint lacking part of the backbone
+// (BERT without image embeddings) loads, leaves those weights as
+// initialised and reports them; the strict load refuses the same file.
+func TestLoadInitStateDict(t *testing.T) {
+	be := compute.NewCPU(1)
+	c := fdConfig()
+	src, _ := New(be, c, 1)
+	full := src.StateDict()
+	bert := &ckpt.StateDict{Tensors: map[string]*ckpt.Tensor{}}
+	for _, k := range full.Keys {
+		if !strings.HasPrefix(k, "uniter.img_embeddings.") {
+			bert.Keys = append(bert.Keys, k)
+			bert.Tensors[k] = full.Tensors[k]
+		}
+	}
+	if _, err := backbone(t, be, c).LoadStateDict(bert, "bert.pt"); err == nil {
+		t.Fatal("strict load accepted a checkpoint without image embeddings")
+	}
+	m := backbone(t, be, c)
+	before := be.ToF32(m.Params.Get("uniter.img_embeddings.img_linear.weight").W)
+	rep, err := m.LoadInitStateDict(bert, "bert.pt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.MissingBackbone) != len(full.Keys)-len(bert.Keys) ||
+		!strings.Contains(rep.String(), "backbone parameters not in the checkpoint") {
+		t.Errorf("report %q lists %d missing backbone parameters, want %d", rep, len(rep.MissingBackbone), len(full.Keys)-len(bert.Keys))
+	}
+	after := be.ToF32(m.Params.Get("uniter.img_embeddings.img_linear.weight").W)
+	for i := range before {
+		if before[i] != after[i] {
+			t.Fatal("a parameter missing from the checkpoint changed")
+		}
+	}
+	want := full.Tensors["uniter.pooler.dense.weight"].Float
+	for i, v := range be.ToF32(m.Params.Get("uniter.pooler.dense.weight").W) {
+		if v != want[i] {
+			t.Fatalf("pooler weight [%d] = %g, want the checkpoint's %g", i, v, want[i])
+		}
+	}
+}
+
+func backbone(t *testing.T, be compute.Backend, c Config) *Model {
+	t.Helper()
+	m, err := New(be, c, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}

@@ -19,7 +19,6 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"uniter/internal/atomicfile"
-	"uniter/internal/ckpt"
 	"uniter/internal/compute"
 	"uniter/internal/data"
 	"uniter/internal/model"
@@ -176,19 +175,15 @@ func (t *Trainer) buildModel(resumeFrom string) error {
 		if err != nil {
 			return err
 		}
-		var random []string
+		load := m.LoadStateDict
 		if resumeFrom == "" {
-			random = fillMissing(m, sd)
+			load = m.LoadInitStateDict
 		}
-		rep, err := m.LoadStateDict(sd, src)
+		rep, err := load(sd, src)
 		if err != nil {
 			return err
 		}
 		line := rep.String()
-		if len(random) > 0 {
-			line = strings.TrimPrefix(line+fmt.Sprintf("; %d backbone parameters not in the checkpoint, randomly initialised (%s)",
-				len(random), firstNames(random)), "; ")
-		}
 		if line == "" {
 			line = "all parameters loaded"
 		}
@@ -201,39 +196,6 @@ func (t *Trainer) buildModel(resumeFrom string) error {
 		WeightDecay: c.WeightDecay, LRMul: c.LRMul})
 	t.upd = NewUpdater(t.be, m.Params.List(), opt, c.GradNorm, c.FP16, c.LossScale, c.LossScaleWindow)
 	return nil
-}
-
-// fillMissing adds to sd the model's freshly initialised values of every
-// parameter sd lacks, and returns their names. Pretraining starts from
-// checkpoints that hold only part of the backbone (the official
-// uniter-base-init.pt is BERT: no image embeddings), whose missing weights
-// the reference leaves randomly initialised.
-func fillMissing(m *model.Model, sd *ckpt.StateDict) []string {
-	have := map[string]bool{}
-	for _, k := range sd.Keys {
-		have[model.CanonicalKey(k)] = true
-	}
-	var added []string
-	for _, p := range m.Params.List() {
-		found := have[p.Name]
-		for _, a := range p.Aliases {
-			found = found || have[a]
-		}
-		if found || !strings.HasPrefix(p.Name, "uniter.") {
-			continue
-		}
-		sd.Keys = append(sd.Keys, p.Name)
-		sd.Tensors[p.Name] = &ckpt.Tensor{Shape: append([]int(nil), p.Shape...), DType: "float32", Float: m.Backend().ToF32(p.W)}
-		added = append(added, p.Name)
-	}
-	return added
-}
-
-func firstNames(names []string) string {
-	if len(names) > 3 {
-		return strings.Join(names[:3], ", ") + ", ..."
-	}
-	return strings.Join(names, ", ")
 }
 
 // openData opens every training and validation dataset and the task mixer.
