@@ -169,6 +169,28 @@ func (m *Model) Save(dir string) error {
 	return os.RemoveAll(old)
 }
 
+// ReadCheckpointConfig returns the model config a checkpoint carries
+// without reading its weights: our directories hold it in model.json;
+// official .pt files carry none (nil).
+func ReadCheckpointConfig(path string) (*Config, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	if !st.IsDir() {
+		return nil, nil
+	}
+	b, err := os.ReadFile(filepath.Join(path, ConfigFile))
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", path, err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %s: %w", path, ConfigFile, err)
+	}
+	return &c, nil
+}
+
 // ReadCheckpoint reads an official PyTorch checkpoint file or one of our
 // checkpoint directories. The config is returned when the checkpoint
 // carries one (our directories do; official .pt files do not).

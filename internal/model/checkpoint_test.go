@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"uniter/internal/compute"
+
 	"github.com/x448/float16"
 )
 
@@ -111,5 +113,24 @@ func TestReadCheckpointDamaged(t *testing.T) {
 	}
 	if _, _, err := ReadCheckpoint(filepath.Join(dir, "absent.pt")); err == nil || !strings.Contains(err.Error(), "absent.pt") {
 		t.Errorf("missing file: %v", err)
+	}
+}
+
+func TestReadCheckpointConfig(t *testing.T) {
+	be := compute.NewCPU(1)
+	m, _ := New(be, fdConfig(), 1)
+	dir := filepath.Join(t.TempDir(), "ck")
+	if err := m.Save(dir); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ReadCheckpointConfig(dir)
+	if err != nil || c == nil || *c != fdConfig() {
+		t.Fatalf("config %+v, err %v; want %+v", c, err, fdConfig())
+	}
+	if c, err := ReadCheckpointConfig(goldenDir + "tiny_official_fp16.pt"); c != nil || err != nil {
+		t.Errorf("official .pt: config %+v err %v, want none", c, err)
+	}
+	if _, err := ReadCheckpointConfig(filepath.Join(t.TempDir(), "absent")); err == nil {
+		t.Error("missing checkpoint accepted")
 	}
 }

@@ -372,7 +372,7 @@ func (c *Config) ImgDBOptions() db.ImgDBOptions {
 func (c *Config) ResolveModel() (model.Config, error) {
 	var mc model.Config
 	if c.ModelConfig == "checkpoint" {
-		_, embedded, err := model.ReadCheckpoint(c.Checkpoint)
+		embedded, err := model.ReadCheckpointConfig(c.Checkpoint)
 		if err != nil {
 			return mc, err
 		}
