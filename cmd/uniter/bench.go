@@ -103,7 +103,7 @@ func runBench(o benchOpts) (*benchResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := syntheticInput(cfg, o.batch, o.txtLen, o.nbb, o.seed)
+	in := model.SyntheticInput(cfg, o.batch, o.txtLen, o.nbb, o.seed)
 	step, err := benchStep(m, in, o.mode)
 	if err != nil {
 		return nil, err
@@ -177,32 +177,6 @@ func benchStep(m *model.Model, in *model.Input, mode string) (func() error, erro
 		}
 		return nil
 	}, nil
-}
-
-// syntheticInput is a batch where every example has txtLen tokens (with
-// [CLS] 101 and [SEP] 102) and nbb regions.
-func syntheticInput(cfg model.Config, b, t, n int, seed uint64) *model.Input {
-	r := rand.New(rand.NewPCG(seed, 99))
-	in := &model.Input{B: b, T: t, N: n,
-		InputIDs: make([]int32, b*t), TxtLens: make([]int, b),
-		ImgFeat: make([]float32, b*n*cfg.ImgDim), ImgPos: make([]float32, b*n*model.ImgPosDim), NBB: make([]int, b)}
-	for i := 0; i < b; i++ {
-		in.TxtLens[i], in.NBB[i] = t, n
-		for j := 0; j < t; j++ {
-			in.InputIDs[i*t+j] = int32(1 + r.IntN(cfg.VocabSize-1))
-		}
-		in.InputIDs[i*t] = int32(min(101, cfg.VocabSize-1))
-		in.InputIDs[i*t+t-1] = int32(min(102, cfg.VocabSize-1))
-	}
-	for i := range in.ImgFeat {
-		in.ImgFeat[i] = float32(r.ExpFloat64())
-	}
-	for k := 0; k < b*n; k++ {
-		x1, y1 := r.Float64()*0.7, r.Float64()*0.7
-		w, h := 0.05+r.Float64()*0.25, 0.05+r.Float64()*0.25
-		copy(in.ImgPos[k*7:], []float32{float32(x1), float32(y1), float32(x1 + w), float32(y1 + h), float32(w), float32(h), float32(w * h)})
-	}
-	return in
 }
 
 // forwardFLOPs counts multiply-adds x2 of one forward over a batch of equal

@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"math/rand/v2"
 
 	"uniter/internal/compute"
 )
@@ -364,4 +365,30 @@ func (m *Model) Backward(wantFeatGrad bool) {
 	if in.hasImage() {
 		m.dFeat = m.img.bwd(be, dEmb.RowRange(bt, bt+bn), wantFeatGrad)
 	}
+}
+
+// SyntheticInput is a random batch for benchmarks: b examples of t tokens
+// (with [CLS] 101 and [SEP] 102) and n regions each.
+func SyntheticInput(cfg Config, b, t, n int, seed uint64) *Input {
+	r := rand.New(rand.NewPCG(seed, 99))
+	in := &Input{B: b, T: t, N: n,
+		InputIDs: make([]int32, b*t), TxtLens: make([]int, b),
+		ImgFeat: make([]float32, b*n*cfg.ImgDim), ImgPos: make([]float32, b*n*ImgPosDim), NBB: make([]int, b)}
+	for i := 0; i < b; i++ {
+		in.TxtLens[i], in.NBB[i] = t, n
+		for j := 0; j < t; j++ {
+			in.InputIDs[i*t+j] = int32(1 + r.IntN(cfg.VocabSize-1))
+		}
+		in.InputIDs[i*t] = int32(min(101, cfg.VocabSize-1))
+		in.InputIDs[i*t+t-1] = int32(min(102, cfg.VocabSize-1))
+	}
+	for i := range in.ImgFeat {
+		in.ImgFeat[i] = float32(r.ExpFloat64())
+	}
+	for k := 0; k < b*n; k++ {
+		x1, y1 := r.Float64()*0.7, r.Float64()*0.7
+		w, h := 0.05+r.Float64()*0.25, 0.05+r.Float64()*0.25
+		copy(in.ImgPos[k*7:], []float32{float32(x1), float32(y1), float32(x1 + w), float32(y1 + h), float32(w), float32(h), float32(w * h)})
+	}
+	return in
 }
