@@ -9,7 +9,6 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"uniter/internal/atomicfile"
 	"uniter/internal/data"
@@ -171,12 +170,4 @@ func runEmbed(ctx context.Context, o embedOpts) error {
 	}
 	js, _ := json.Marshal(ids)
 	return atomicfile.WriteFile(filepath.Join(o.out, "ids.json"), js)
-}
-
-// registerImgDBFlags adds the img_db selection flags of CLI.md.
-func registerImgDBFlags(f *pflag.FlagSet, o *db.ImgDBOptions) {
-	f.Float64Var(&o.ConfTh, "conf-th", o.ConfTh, "detector confidence threshold of the img_db layout (-1: fixed --num-bb)")
-	f.IntVar(&o.MaxBB, "max-bb", o.MaxBB, "most regions per image")
-	f.IntVar(&o.MinBB, "min-bb", o.MinBB, "fewest regions per image")
-	f.IntVar(&o.NumBB, "num-bb", o.NumBB, "regions per image when --conf-th is -1")
 }
