@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The end-to-end demo behind `make demo`: write the synthetic world (once),
+# The end-to-end demo behind `make demo`: write the synthetic world,
 # pretrain a tiny UNITER on the CPU with every pretraining task
 # (configs/demo.yaml), evaluate the trained and the untrained (step-0) model
 # on the held-out split with `uniter eval --task pretrain`, and print and
@@ -17,15 +17,10 @@ val_txt=$data/txt/pretrain_val.db
 val_img=$data/img/synth_val
 seed=$(sed -n 's/^seed: *//p' configs/demo.yaml)
 
-if [ -f "$data/world.json" ]; then
-  echo "demo: reusing the synthetic world in $data"
-else
-  rm -rf "$data"
-  "$bin" data synth --out "$data"
-fi
-
-# A fresh run each time: the demo measures learning from step 0.
-rm -rf "$out" "$demo/eval_trained" "$demo/eval_untrained" "$demo/summary.json"
+# A fresh world (seconds) and run each time: the demo measures learning
+# from step 0, and a world left by an older binary may differ.
+rm -rf "$data" "$out" "$demo/eval_trained" "$demo/eval_untrained" "$demo/summary.json"
+"$bin" data synth --out "$data"
 "$bin" pretrain --config configs/demo.yaml --output "$out"
 
 ckpt=$(ls -d "$out"/ckpt/step_* | sort | tail -n 1)

@@ -33,8 +33,8 @@ func newDataSynthCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "synth --out DIR",
 		Short: "Write a seeded synthetic image-text world as official dbs",
-		Long: `synth writes a synthetic world of images made of coloured objects (6-20
-per image; class, colour, size, position) and texts generated from their
+		Long: `synth writes a synthetic world of images made of coloured objects (2-4
+per image by default; class, colour, size, position) and texts generated from their
 contents, as official-format dbs: a vocab.txt with BERT's special-token
 layout (UNK 100, CLS 101, SEP 102, MASK 103), region img_dbs (fp16 features
 built from class and colour prototypes plus noise, boxes, confidences,
@@ -63,6 +63,9 @@ seed and sizes give the same bytes. DIR must not exist or be empty.`,
 	f.IntVar(&o.Images, "images", o.Images, "training images")
 	f.IntVar(&o.ValImages, "val-images", 0, "validation images (default: images/10, at least 10)")
 	f.IntVar(&o.ImgDim, "img-dim", o.ImgDim, "region feature size")
+	f.IntVar(&o.MinObjects, "min-objects", o.MinObjects, "fewest objects per image (at least 2)")
+	f.IntVar(&o.MaxObjects, "max-objects", o.MaxObjects, "most objects per image (at most 20)")
+	f.Float64Var(&o.Noise, "noise", o.Noise, "standard deviation of the region feature noise")
 	f.IntVar(&o.Captions, "captions", o.Captions, "pretraining captions per image")
 	f.IntVar(&o.Questions, "questions", o.Questions, "VQA questions per image")
 	f.Float64Var(&o.GTFraction, "gt-fraction", o.GTFraction, "share of images with ground-truth-box dbs, VCR and RE annotations")

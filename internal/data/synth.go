@@ -50,7 +50,7 @@ type SynthOptions struct {
 // DefaultSynthOptions are sized so that writing takes seconds and a tiny
 // model pretrains on two CPU cores in minutes.
 func DefaultSynthOptions() SynthOptions {
-	return SynthOptions{Seed: 1, Images: 1000, ImgDim: 2048, MinObjects: 6, MaxObjects: 20,
+	return SynthOptions{Seed: 1, Images: 1000, ImgDim: 2048, MinObjects: 2, MaxObjects: 4,
 		Noise: 0.5, Captions: 5, Questions: 3, GTFraction: 0.2, ITRValImages: 100}
 }
 

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -424,5 +425,62 @@ func TestSynthLearnable(t *testing.T) {
 		t.Errorf("nearest-centroid class accuracy %.3f on %d regions", acc, total)
 	} else {
 		t.Logf("nearest-centroid class accuracy %.3f on %d regions", acc, total)
+	}
+}
+
+// captionClasses returns the classes a caption names (plurals included).
+func captionClasses(caption string) []int {
+	var classes []int
+	for _, w := range strings.Fields(caption) {
+		for c, name := range synthClasses {
+			if w == name || w == name+"s" {
+				classes = append(classes, c)
+			}
+		}
+	}
+	return classes
+}
+
+// TestSynthCaptionsPinImages checks what makes ITM learnable: every
+// caption names every object of its image by its class, and the classes it
+// names are rarely all present in another image, so a random ITM negative
+// is almost never also a true description.
+func TestSynthCaptionsPinImages(t *testing.T) {
+	o := DefaultSynthOptions()
+	w := newSynthWorld(5, 8, o.MinObjects, o.MaxObjects, o.Noise)
+	var ims []synthImage
+	for i := range 400 {
+		ims = append(ims, w.image(newRNG(5, uint64(i)), "x"))
+	}
+	rng := newRNG(6, 0)
+	ambiguous, total := 0, 0
+	for i, im := range ims {
+		var want []int
+		for _, o := range im.objects {
+			want = append(want, o.class)
+		}
+		slices.Sort(want)
+		for range 5 {
+			caption := im.caption(rng)
+			got := captionClasses(caption)
+			slices.Sort(got)
+			if !slices.Equal(got, want) {
+				t.Fatalf("image %d: caption %q names classes %v, the image has %v", i, caption, got, want)
+			}
+			other := ims[(i+1+rng.IntN(len(ims)-1))%len(ims)]
+			all := true
+			for _, c := range got {
+				all = all && other.countClass(c) > 0
+			}
+			if all {
+				ambiguous++
+			}
+			total++
+		}
+	}
+	if frac := float64(ambiguous) / float64(total); frac > 0.02 {
+		t.Errorf("%.3f of captions name only classes a random other image also has (want <= 0.02)", frac)
+	} else {
+		t.Logf("%d of %d captions (%.4f) name only classes a random other image also has", ambiguous, total, frac)
 	}
 }

@@ -98,53 +98,23 @@ func relation(a, b synthObject) string {
 	return ""
 }
 
-// relatedPair draws two objects with a clear relation.
-func (im synthImage) relatedPair(rng *rand.Rand) (a, b int, rel string, ok bool) {
-	for range 30 {
-		a, b = rng.IntN(len(im.objects)), rng.IntN(len(im.objects))
-		if a == b {
-			continue
-		}
-		if rel = relation(im.objects[a], im.objects[b]); rel != "" {
-			return a, b, rel, true
-		}
-	}
-	return 0, 0, "", false
-}
+// captionOpeners start a caption's list of objects.
+var captionOpeners = []string{"a picture of", "an image with", "there is", "the image shows"}
 
-func randomAttrs(rng *rand.Rand) int { return rng.IntN(4) }
-
-// caption draws one true description of im from the caption grammar.
+// caption draws one true description of im: every object by its class, in
+// random order. Naming every object makes the caption a full account of
+// the regions: a random ITM negative is almost never also true, and MLM,
+// MRC and WRA have an aligned word for every object. Captions that named
+// two of five objects, stated counts or relations, or gave sizes and
+// colours left the demo's tiny model at chance on ITM for thousands of
+// steps (the other texts of the world carry the attributes and relations).
 func (im synthImage) caption(rng *rand.Rand) string {
 	n := len(im.objects)
-	switch rng.IntN(5) {
-	case 0:
-		if a, b, rel, ok := im.relatedPair(rng); ok {
-			return indefinite(phrase(im.objects[a], randomAttrs(rng))) + " " + rel + " " +
-				indefinite(phrase(im.objects[b], randomAttrs(rng))) + " ."
-		}
-	case 1:
-		o := im.objects[rng.IntN(n)]
-		attrs := rng.IntN(2) * attrColour
-		c := im.count(o, attrs)
-		if c == 1 {
-			return "there is one " + phrase(o, attrs) + " ."
-		}
-		return "there are " + number(c) + " " + strings.TrimSuffix(phrase(o, attrs), synthClasses[o.class]) + plural(o.class) + " ."
-	case 2:
-		return "an image with " + number(n) + " objects ."
-	case 3:
-		i := rng.IntN(n)
-		if attrs := im.uniqueAttrs(i); attrs >= 0 && attrs&attrColour == 0 {
-			return "the " + phrase(im.objects[i], attrs) + " is " + synthColours[im.objects[i].colour] + " ."
-		}
+	parts := make([]string, n)
+	for j, i := range rng.Perm(n) {
+		parts[j] = indefinite(synthClasses[im.objects[i].class])
 	}
-	k := min(n, 2+rng.IntN(2))
-	parts := make([]string, k)
-	for j, i := range rng.Perm(n)[:k] {
-		parts[j] = indefinite(phrase(im.objects[i], randomAttrs(rng)))
-	}
-	return "a picture of " + strings.Join(parts[:k-1], " , ") + " and " + parts[k-1] + " ."
+	return captionOpeners[rng.IntN(len(captionOpeners))] + " " + strings.Join(parts[:n-1], " , ") + " and " + parts[n-1] + " ."
 }
 
 // vqaItem is a question with its answers and VQA soft scores.
