@@ -6,8 +6,10 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"uniter/internal/train"
 )
@@ -115,6 +117,9 @@ func runPretrain(cmd *cobra.Command, o pretrainOpts) error {
 	opts := train.Options{Output: cfg.OutputDir, Resume: o.resume, Steps: o.steps, Backend: be, Log: cmd.ErrOrStderr()}
 	if !o.quiet {
 		opts.Progress = cmd.ErrOrStderr()
+		if f, ok := opts.Progress.(*os.File); !ok || !term.IsTerminal(int(f.Fd())) {
+			opts.ProgressEvery = 10 * time.Second
+		}
 	}
 	t, err := train.New(cfg, opts)
 	if err != nil {

@@ -40,6 +40,10 @@ type Options struct {
 	Backend compute.Backend
 	// Progress receives the progress bar; nil draws none.
 	Progress io.Writer
+	// ProgressEvery is the least time between redraws of the bar (0:
+	// 200ms). Callers writing to a file or a pipe set seconds, so that a
+	// long run's log holds lines, not megabytes of redraws.
+	ProgressEvery time.Duration
 	// Log receives one-line messages (checkpoint loads, validation,
 	// saves); nil discards them.
 	Log io.Writer
@@ -308,13 +312,17 @@ func (t *Trainer) Run(ctx context.Context) error {
 	t.start = time.Now()
 	var bar *progressbar.ProgressBar
 	if t.opts.Progress != nil {
+		every := t.opts.ProgressEvery
+		if every <= 0 {
+			every = 200 * time.Millisecond
+		}
 		bar = progressbar.NewOptions(stop,
 			progressbar.OptionSetWriter(t.opts.Progress),
 			progressbar.OptionSetItsString("step"),
 			progressbar.OptionShowCount(),
 			progressbar.OptionShowIts(),
 			progressbar.OptionSetPredictTime(true),
-			progressbar.OptionThrottle(200*time.Millisecond),
+			progressbar.OptionThrottle(every),
 			progressbar.OptionOnCompletion(func() { fmt.Fprintln(t.opts.Progress) }),
 		)
 		_ = bar.Set(t.step)
