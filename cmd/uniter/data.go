@@ -33,17 +33,20 @@ func newDataSynthCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "synth --out DIR",
 		Short: "Write a seeded synthetic image-text world as official dbs",
-		Long: `synth writes a synthetic world of images made of coloured objects (2-4
-per image by default; class, colour, size, position) and texts generated from their
-contents, as official-format dbs: a vocab.txt with BERT's special-token
-layout (UNK 100, CLS 101, SEP 102, MASK 103), region img_dbs (fp16 features
-built from class and colour prototypes plus noise, boxes, confidences,
-1601-way soft labels) and txt_dbs for pretraining, VQA, VE, NLVR2, VCR,
-RE and ITR, each with a train and a val split. Texts are determined by the
+		Long: `synth writes a synthetic world of images made of coloured objects
+(2-4 per image by default; class, colour, size, position) and texts
+generated from their contents, as official-format dbs: a vocab.txt with
+BERT's special-token layout (UNK 100, CLS 101, SEP 102, MASK 103), region
+img_dbs (fp16 features built from class and colour prototypes plus noise,
+boxes, confidences, 1601-way soft labels) and txt_dbs for pretraining, VQA,
+VE, NLVR2, VCR, RE and ITR, each with a train and a val split. Pretraining
+and retrieval captions name every object of their image; the other texts
+state attributes, counts and relations. Texts are determined by the
 images, so MLM, MRC, ITM and every downstream task are learnable. The same
 seed and sizes give the same bytes. DIR must not exist or be empty.`,
 		Example: `  uniter data synth --out /tmp/world
-  uniter data synth --out /tmp/world --seed 3 --images 200 --img-dim 256`,
+  uniter data synth --out /tmp/world --seed 3 --images 200 --img-dim 256
+  uniter data synth --out /tmp/crowded --min-objects 6 --max-objects 20`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
