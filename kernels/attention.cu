@@ -24,14 +24,35 @@
 #define ATT_CHUNK 32
 #define ATT_PER_LANE (ATT_DHMAX / 32)
 
+// AttTile is a transposed chunk of ATT_CHUNK rows of one head: [column][row],
+// padded to a stride of ATT_CHUNK+1 against bank conflicts.
+typedef float AttTile[ATT_DHMAX][ATT_CHUNK + 1];
+
+// load_tiles fills Xt and Yt with rows r0..r0+ATT_CHUNK-1 of head h of
+// sequence b of the [B*S, D] matrices x and y, zero past row n. The whole
+// block takes part.
+__device__ __forceinline__ void load_tiles(AttTile& Xt, AttTile& Yt, const float* x, const float* y, i64 b, i64 h,
+                                           i64 r0, i64 n, i64 S, i64 D, i64 dh) {
+  for (i64 e = threadIdx.x; e < ATT_CHUNK * dh; e += blockDim.x) {
+    i64 rr = e / dh, d = e - rr * dh, row = r0 + rr;
+    float xv = 0.f, yv = 0.f;
+    if (row < n) {
+      i64 off = (b * S + row) * D + h * dh + d;
+      xv = x[off];
+      yv = y[off];
+    }
+    Xt[d][rr] = xv;
+    Yt[d][rr] = yv;
+  }
+}
+
 extern "C" {
 
 // attn_fwd_f32: grid (ceil(S/8), H, B), block 256.
 __global__ void __launch_bounds__(256) attn_fwd_f32(float* out, float* lse, const float* q, const float* k,
                                                     const float* v, const int* lens, i64 S, i64 H, i64 dh,
                                                     double scale_d, double p_d, double dscale_d, u64 seed) {
-  __shared__ float Kt[ATT_DHMAX][ATT_CHUNK + 1];
-  __shared__ float Vt[ATT_DHMAX][ATT_CHUNK + 1];
+  __shared__ AttTile Kt, Vt;
   __shared__ float Qs[ATT_WARPS][ATT_DHMAX];
   const float scale = (float)scale_d, p = (float)p_d, dscale = (float)dscale_d;
   const i64 b = blockIdx.z, h = blockIdx.y, D = H * dh;
@@ -49,17 +70,7 @@ __global__ void __launch_bounds__(256) attn_fwd_f32(float* out, float* lse, cons
   const u64 cbase = (u64)(((b * H + h) * S + i) * S);
   for (i64 j0 = 0; j0 < n; j0 += ATT_CHUNK) {
     __syncthreads();
-    for (i64 e = threadIdx.x; e < ATT_CHUNK * dh; e += blockDim.x) {
-      i64 jj = e / dh, d = e - jj * dh, key = j0 + jj;
-      float kv = 0.f, vv = 0.f;
-      if (key < n) {
-        i64 off = (b * S + key) * D + h * dh + d;
-        kv = k[off];
-        vv = v[off];
-      }
-      Kt[d][jj] = kv;
-      Vt[d][jj] = vv;
-    }
+    load_tiles(Kt, Vt, k, v, b, h, j0, n, S, D, dh);
     __syncthreads();
     if (!valid) continue;
     const i64 key = j0 + lane;
@@ -121,8 +132,7 @@ __global__ void __launch_bounds__(256) attn_bwd_dq_f32(float* dq, const float* d
                                                        const float* delta, const float* q, const float* k,
                                                        const float* v, const int* lens, i64 S, i64 H, i64 dh,
                                                        double scale_d, double p_d, double dscale_d, u64 seed) {
-  __shared__ float Kt[ATT_DHMAX][ATT_CHUNK + 1];
-  __shared__ float Vt[ATT_DHMAX][ATT_CHUNK + 1];
+  __shared__ AttTile Kt, Vt;
   __shared__ float Qs[ATT_WARPS][ATT_DHMAX];
   __shared__ float Gs[ATT_WARPS][ATT_DHMAX];
   const float scale = (float)scale_d, p = (float)p_d, dscale = (float)dscale_d;
@@ -147,17 +157,7 @@ __global__ void __launch_bounds__(256) attn_bwd_dq_f32(float* dq, const float* d
   const u64 cbase = (u64)(((b * H + h) * S + i) * S);
   for (i64 j0 = 0; j0 < n; j0 += ATT_CHUNK) {
     __syncthreads();
-    for (i64 e = threadIdx.x; e < ATT_CHUNK * dh; e += blockDim.x) {
-      i64 jj = e / dh, d = e - jj * dh, key = j0 + jj;
-      float kv = 0.f, vv = 0.f;
-      if (key < n) {
-        i64 off = (b * S + key) * D + h * dh + d;
-        kv = k[off];
-        vv = v[off];
-      }
-      Kt[d][jj] = kv;
-      Vt[d][jj] = vv;
-    }
+    load_tiles(Kt, Vt, k, v, b, h, j0, n, S, D, dh);
     __syncthreads();
     if (!valid) continue;
     const i64 key = j0 + lane;
@@ -198,8 +198,7 @@ __global__ void __launch_bounds__(256) attn_bwd_dkdv_f32(float* dk, float* dv, c
                                                          const float* k, const float* v, const int* lens, i64 S,
                                                          i64 H, i64 dh, double scale_d, double p_d,
                                                          double dscale_d, u64 seed) {
-  __shared__ float Qt[ATT_DHMAX][ATT_CHUNK + 1];
-  __shared__ float Gt[ATT_DHMAX][ATT_CHUNK + 1];
+  __shared__ AttTile Qt, Gt;
   __shared__ float Ks[ATT_WARPS][ATT_DHMAX];
   __shared__ float Vs[ATT_WARPS][ATT_DHMAX];
   __shared__ float Ls[ATT_CHUNK], Ds[ATT_CHUNK];
@@ -221,17 +220,7 @@ __global__ void __launch_bounds__(256) attn_bwd_dkdv_f32(float* dk, float* dv, c
   const u64 hbase = (u64)((b * H + h) * S);
   for (i64 i0 = 0; i0 < n; i0 += ATT_CHUNK) {
     __syncthreads();
-    for (i64 e = threadIdx.x; e < ATT_CHUNK * dh; e += blockDim.x) {
-      i64 ii = e / dh, d = e - ii * dh, row = i0 + ii;
-      float qv = 0.f, gv = 0.f;
-      if (row < n) {
-        i64 off = (b * S + row) * D + h * dh + d;
-        qv = q[off];
-        gv = dout[off];
-      }
-      Qt[d][ii] = qv;
-      Gt[d][ii] = gv;
-    }
+    load_tiles(Qt, Gt, q, dout, b, h, i0, n, S, D, dh);
     if (threadIdx.x < ATT_CHUNK) {
       i64 row = i0 + threadIdx.x;
       Ls[threadIdx.x] = row < n ? lse[hbase + row] : 0.f;
