@@ -58,3 +58,29 @@ func AttentionShape(op string, q, k, v, out, lens *Tensor, heads int) AttnShape 
 	MustMatrix(op, "out", out, q.Rows(), d)
 	return AttnShape{B: b, S: q.Rows() / b, Heads: heads, Dh: d / heads, D: d}
 }
+
+// LayerNormFwdShape returns the rows m and columns n of x and panics unless
+// out, mean, rstd, gamma and beta agree with them.
+func LayerNormFwdShape(out, mean, rstd, x, gamma, beta *Tensor) (m, n int) {
+	m, n = x.Rows(), x.Cols()
+	MustMatrix("LayerNormFwd", "out", out, m, n)
+	MustLen("LayerNormFwd", "mean", mean, m)
+	MustLen("LayerNormFwd", "rstd", rstd, m)
+	MustLen("LayerNormFwd", "gamma", gamma, n)
+	MustLen("LayerNormFwd", "beta", beta, n)
+	return m, n
+}
+
+// LayerNormBwdShape returns the rows m and columns n of x and panics unless
+// the other operands of LayerNormBwd agree with them.
+func LayerNormBwdShape(dx, dgamma, dbeta, dout, x, mean, rstd, gamma *Tensor) (m, n int) {
+	m, n = x.Rows(), x.Cols()
+	MustMatrix("LayerNormBwd", "dx", dx, m, n)
+	MustMatrix("LayerNormBwd", "dout", dout, m, n)
+	MustLen("LayerNormBwd", "mean", mean, m)
+	MustLen("LayerNormBwd", "rstd", rstd, m)
+	MustLen("LayerNormBwd", "gamma", gamma, n)
+	MustLen("LayerNormBwd", "dgamma", dgamma, n)
+	MustLen("LayerNormBwd", "dbeta", dbeta, n)
+	return m, n
+}

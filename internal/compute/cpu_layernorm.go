@@ -7,12 +7,7 @@ import "math"
 // squared deviations) so that rows with a large mean lose no precision;
 // mean and rstd are saved as float32.
 func (c *CPU) LayerNormFwd(out, mean, rstd, x, gamma, beta *Tensor, eps float32) {
-	m, n := x.Rows(), x.Cols()
-	MustMatrix("LayerNormFwd", "out", out, m, n)
-	MustLen("LayerNormFwd", "mean", mean, m)
-	MustLen("LayerNormFwd", "rstd", rstd, m)
-	MustLen("LayerNormFwd", "gamma", gamma, n)
-	MustLen("LayerNormFwd", "beta", beta, n)
+	m, n := LayerNormFwdShape(out, mean, rstd, x, gamma, beta)
 	outs, ms, rs, xs, gs, bs := F32s(out), F32s(mean), F32s(rstd), F32s(x), F32s(gamma), F32s(beta)
 	c.parallelFor(m, rowsFor(grainCheap, n), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
@@ -32,14 +27,7 @@ func (c *CPU) LayerNormFwd(out, mean, rstd, x, gamma, beta *Tensor, eps float32)
 // g = gamma*dout, and accumulates dgamma += sum(dout*xhat), dbeta +=
 // sum(dout) over rows.
 func (c *CPU) LayerNormBwd(dx, dgamma, dbeta, dout, x, mean, rstd, gamma *Tensor) {
-	m, n := x.Rows(), x.Cols()
-	MustMatrix("LayerNormBwd", "dx", dx, m, n)
-	MustMatrix("LayerNormBwd", "dout", dout, m, n)
-	MustLen("LayerNormBwd", "mean", mean, m)
-	MustLen("LayerNormBwd", "rstd", rstd, m)
-	MustLen("LayerNormBwd", "gamma", gamma, n)
-	MustLen("LayerNormBwd", "dgamma", dgamma, n)
-	MustLen("LayerNormBwd", "dbeta", dbeta, n)
+	m, n := LayerNormBwdShape(dx, dgamma, dbeta, dout, x, mean, rstd, gamma)
 	dxs, dgs, dbs, dos, xs, ms, rs, gs := F32s(dx), F32s(dgamma), F32s(dbeta), F32s(dout), F32s(x), F32s(mean), F32s(rstd), F32s(gamma)
 	// The parameter gradients are reduced over rows, so they are computed
 	// in a column-parallel pass before dx (which may alias dout) is written:

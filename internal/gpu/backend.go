@@ -323,12 +323,7 @@ func (b *Backend) DropoutBwd(dx, dout *compute.Tensor, p float32, seed uint64) {
 
 // LayerNormFwd normalises each row of x with double-precision statistics.
 func (b *Backend) LayerNormFwd(out, mean, rstd, x, gamma, beta *compute.Tensor, eps float32) {
-	m, n := x.Rows(), x.Cols()
-	compute.MustMatrix("LayerNormFwd", "out", out, m, n)
-	compute.MustLen("LayerNormFwd", "mean", mean, m)
-	compute.MustLen("LayerNormFwd", "rstd", rstd, m)
-	compute.MustLen("LayerNormFwd", "gamma", gamma, n)
-	compute.MustLen("LayerNormFwd", "beta", beta, n)
+	m, n := compute.LayerNormFwdShape(out, mean, rstd, x, gamma, beta)
 	if m == 0 {
 		return
 	}
@@ -340,14 +335,7 @@ func (b *Backend) LayerNormFwd(out, mean, rstd, x, gamma, beta *compute.Tensor, 
 // LayerNormBwd sets dx (overwrite) and accumulates dgamma, dbeta. The
 // parameter gradients are reduced first because dx may alias dout.
 func (b *Backend) LayerNormBwd(dx, dgamma, dbeta, dout, x, mean, rstd, gamma *compute.Tensor) {
-	m, n := x.Rows(), x.Cols()
-	compute.MustMatrix("LayerNormBwd", "dx", dx, m, n)
-	compute.MustMatrix("LayerNormBwd", "dout", dout, m, n)
-	compute.MustLen("LayerNormBwd", "mean", mean, m)
-	compute.MustLen("LayerNormBwd", "rstd", rstd, m)
-	compute.MustLen("LayerNormBwd", "gamma", gamma, n)
-	compute.MustLen("LayerNormBwd", "dgamma", dgamma, n)
-	compute.MustLen("LayerNormBwd", "dbeta", dbeta, n)
+	m, n := compute.LayerNormBwdShape(dx, dgamma, dbeta, dout, x, mean, rstd, gamma)
 	if m == 0 {
 		return
 	}
