@@ -5,9 +5,12 @@
 // probabilities from the saved log-sum-exp.
 //
 // Layout: q, k, v, out are [B*S, H*dh]; head h of position i of sequence b
-// is columns [h*dh, (h+1)*dh) of row b*S+i. lens
-// [B] int32. Rows and keys at or past lens[b] are skipped entirely, so
-// padding costs nothing but the zero-fill of its outputs.
+// is columns [h*dh, (h+1)*dh) of row b*S+i. lens is int32: sequence b's
+// query length is lens[b] and its key length lens[b+koff], where koff is 0
+// for lens [B] (shared lengths) and B for lens [2, B] (cross attention).
+// Query rows and keys past their lengths are skipped entirely, and so are
+// blocks whose rows all lie past them, so padding costs nothing but the
+// zero-fill of its outputs.
 //
 // Work split: one warp per query row (forward, dq) or key row (dk/dv), 8
 // warps per block sharing a 32-row chunk of the other side in shared
@@ -46,20 +49,34 @@ __device__ __forceinline__ void load_tiles(AttTile& Xt, AttTile& Yt, const float
   }
 }
 
+// seq_lens reads sequence b's query and key lengths. Either being 0 makes
+// both 0, as in the CPU backend: without keys there is no softmax, and
+// without queries no key gets a gradient.
+__device__ __forceinline__ void seq_lens(const int* lens, i64 b, i64 koff, i64& nq, i64& nk) {
+  nq = lens[b];
+  nk = lens[b + koff];
+  if (nq == 0 || nk == 0) nq = nk = 0;
+}
+
 extern "C" {
 
 // attn_fwd_f32: grid (ceil(S/8), H, B), block 256.
 __global__ void __launch_bounds__(256) attn_fwd_f32(float* out, float* lse, const float* q, const float* k,
-                                                    const float* v, const int* lens, i64 S, i64 H, i64 dh,
-                                                    double scale_d, double p_d, double dscale_d, u64 seed) {
+                                                    const float* v, const int* lens, i64 koff, i64 S, i64 H,
+                                                    i64 dh, double scale_d, double p_d, double dscale_d,
+                                                    u64 seed) {
   __shared__ AttTile Kt, Vt;
   __shared__ float Qs[ATT_WARPS][ATT_DHMAX];
   const float scale = (float)scale_d, p = (float)p_d, dscale = (float)dscale_d;
   const i64 b = blockIdx.z, h = blockIdx.y, D = H * dh;
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const i64 i = (i64)blockIdx.x * ATT_WARPS + w;
-  const i64 n = lens[b];
-  const bool valid = i < n;
+  i64 nq, nk;
+  seq_lens(lens, b, koff, nq, nk);
+  const bool valid = i < nq;
+  // A block whose rows all lie past the query length skips the key loop;
+  // the test is block-uniform, so the loop's __syncthreads stay safe.
+  const i64 nloop = (i64)blockIdx.x * ATT_WARPS < nq ? nk : 0;
   const i64 rowoff = (b * S + i) * D + h * dh;
   if (valid)
     for (i64 d = lane; d < dh; d += 32) Qs[w][d] = q[rowoff + d];
@@ -68,27 +85,27 @@ __global__ void __launch_bounds__(256) attn_fwd_f32(float* out, float* lse, cons
   for (int t = 0; t < ATT_PER_LANE; t++) o[t] = 0.f;
   float m = -INFINITY, l = 0.f;
   const u64 cbase = (u64)(((b * H + h) * S + i) * S);
-  for (i64 j0 = 0; j0 < n; j0 += ATT_CHUNK) {
+  for (i64 j0 = 0; j0 < nloop; j0 += ATT_CHUNK) {
     __syncthreads();
-    load_tiles(Kt, Vt, k, v, b, h, j0, n, S, D, dh);
+    load_tiles(Kt, Vt, k, v, b, h, j0, nk, S, D, dh);
     __syncthreads();
     if (!valid) continue;
     const i64 key = j0 + lane;
     float s = -INFINITY;
-    if (key < n) {
+    if (key < nk) {
       float acc = 0.f;
       for (i64 d = 0; d < dh; d++) acc += Qs[w][d] * Kt[d][lane];
       s = acc * scale;
     }
     float mnew = fmaxf(m, warp_max(s));
     float corr = expf(m - mnew);
-    float e = key < n ? expf(s - mnew) : 0.f;
+    float e = key < nk ? expf(s - mnew) : 0.f;
     l = l * corr + warp_sum(e);
     m = mnew;
-    float pd = key < n ? e * keep_scale(seed, cbase + (u64)key, p, dscale) : 0.f;
+    float pd = key < nk ? e * keep_scale(seed, cbase + (u64)key, p, dscale) : 0.f;
 #pragma unroll
     for (int t = 0; t < ATT_PER_LANE; t++) o[t] *= corr;
-    const int lim = (int)min((i64)ATT_CHUNK, n - j0);
+    const int lim = (int)min((i64)ATT_CHUNK, nk - j0);
     for (int jj = 0; jj < lim; jj++) {
       float pj = __shfl_sync(0xffffffffu, pd, jj);
 #pragma unroll
@@ -130,8 +147,9 @@ __global__ void attn_bwd_dot_f32(float* delta, const float* dout, const float* o
 // dP = dout_i.v_j. Grid (ceil(S/8), H, B), block 256.
 __global__ void __launch_bounds__(256) attn_bwd_dq_f32(float* dq, const float* dout, const float* lse,
                                                        const float* delta, const float* q, const float* k,
-                                                       const float* v, const int* lens, i64 S, i64 H, i64 dh,
-                                                       double scale_d, double p_d, double dscale_d, u64 seed) {
+                                                       const float* v, const int* lens, i64 koff, i64 S, i64 H,
+                                                       i64 dh, double scale_d, double p_d, double dscale_d,
+                                                       u64 seed) {
   __shared__ AttTile Kt, Vt;
   __shared__ float Qs[ATT_WARPS][ATT_DHMAX];
   __shared__ float Gs[ATT_WARPS][ATT_DHMAX];
@@ -139,8 +157,10 @@ __global__ void __launch_bounds__(256) attn_bwd_dq_f32(float* dq, const float* d
   const i64 b = blockIdx.z, h = blockIdx.y, D = H * dh;
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const i64 i = (i64)blockIdx.x * ATT_WARPS + w;
-  const i64 n = lens[b];
-  const bool valid = i < n;
+  i64 nq, nk;
+  seq_lens(lens, b, koff, nq, nk);
+  const bool valid = i < nq;
+  const i64 nloop = (i64)blockIdx.x * ATT_WARPS < nq ? nk : 0;
   const i64 rowoff = (b * S + i) * D + h * dh;
   float li = 0.f, di = 0.f;
   if (valid) {
@@ -155,14 +175,14 @@ __global__ void __launch_bounds__(256) attn_bwd_dq_f32(float* dq, const float* d
 #pragma unroll
   for (int t = 0; t < ATT_PER_LANE; t++) acc[t] = 0.f;
   const u64 cbase = (u64)(((b * H + h) * S + i) * S);
-  for (i64 j0 = 0; j0 < n; j0 += ATT_CHUNK) {
+  for (i64 j0 = 0; j0 < nloop; j0 += ATT_CHUNK) {
     __syncthreads();
-    load_tiles(Kt, Vt, k, v, b, h, j0, n, S, D, dh);
+    load_tiles(Kt, Vt, k, v, b, h, j0, nk, S, D, dh);
     __syncthreads();
     if (!valid) continue;
     const i64 key = j0 + lane;
     float ds = 0.f;
-    if (key < n) {
+    if (key < nk) {
       float s = 0.f, dp = 0.f;
       for (i64 d = 0; d < dh; d++) {
         s += Qs[w][d] * Kt[d][lane];
@@ -172,7 +192,7 @@ __global__ void __launch_bounds__(256) attn_bwd_dq_f32(float* dq, const float* d
       float pk = pr * keep_scale(seed, cbase + (u64)key, p, dscale);
       ds = pk * dp - pr * di;
     }
-    const int lim = (int)min((i64)ATT_CHUNK, n - j0);
+    const int lim = (int)min((i64)ATT_CHUNK, nk - j0);
     for (int jj = 0; jj < lim; jj++) {
       float dj = __shfl_sync(0xffffffffu, ds, jj);
 #pragma unroll
@@ -195,9 +215,9 @@ __global__ void __launch_bounds__(256) attn_bwd_dq_f32(float* dq, const float* d
 // in shared memory. Grid (ceil(S/8), H, B), block 256.
 __global__ void __launch_bounds__(256) attn_bwd_dkdv_f32(float* dk, float* dv, const float* dout,
                                                          const float* lse, const float* delta, const float* q,
-                                                         const float* k, const float* v, const int* lens, i64 S,
-                                                         i64 H, i64 dh, double scale_d, double p_d,
-                                                         double dscale_d, u64 seed) {
+                                                         const float* k, const float* v, const int* lens,
+                                                         i64 koff, i64 S, i64 H, i64 dh, double scale_d,
+                                                         double p_d, double dscale_d, u64 seed) {
   __shared__ AttTile Qt, Gt;
   __shared__ float Ks[ATT_WARPS][ATT_DHMAX];
   __shared__ float Vs[ATT_WARPS][ATT_DHMAX];
@@ -206,8 +226,10 @@ __global__ void __launch_bounds__(256) attn_bwd_dkdv_f32(float* dk, float* dv, c
   const i64 b = blockIdx.z, h = blockIdx.y, D = H * dh;
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const i64 j = (i64)blockIdx.x * ATT_WARPS + w;
-  const i64 n = lens[b];
-  const bool valid = j < n;
+  i64 nq, nk;
+  seq_lens(lens, b, koff, nq, nk);
+  const bool valid = j < nk;
+  const i64 nloop = (i64)blockIdx.x * ATT_WARPS < nk ? nq : 0;
   const i64 rowoff = (b * S + j) * D + h * dh;
   if (valid)
     for (i64 d = lane; d < dh; d += 32) {
@@ -218,19 +240,19 @@ __global__ void __launch_bounds__(256) attn_bwd_dkdv_f32(float* dk, float* dv, c
 #pragma unroll
   for (int t = 0; t < ATT_PER_LANE; t++) ak[t] = av[t] = 0.f;
   const u64 hbase = (u64)((b * H + h) * S);
-  for (i64 i0 = 0; i0 < n; i0 += ATT_CHUNK) {
+  for (i64 i0 = 0; i0 < nloop; i0 += ATT_CHUNK) {
     __syncthreads();
-    load_tiles(Qt, Gt, q, dout, b, h, i0, n, S, D, dh);
+    load_tiles(Qt, Gt, q, dout, b, h, i0, nq, S, D, dh);
     if (threadIdx.x < ATT_CHUNK) {
       i64 row = i0 + threadIdx.x;
-      Ls[threadIdx.x] = row < n ? lse[hbase + row] : 0.f;
-      Ds[threadIdx.x] = row < n ? delta[hbase + row] : 0.f;
+      Ls[threadIdx.x] = row < nq ? lse[hbase + row] : 0.f;
+      Ds[threadIdx.x] = row < nq ? delta[hbase + row] : 0.f;
     }
     __syncthreads();
     if (!valid) continue;
     const i64 qi = i0 + lane;
     float pk = 0.f, ds = 0.f;
-    if (qi < n) {
+    if (qi < nq) {
       float s = 0.f, dp = 0.f;
       for (i64 d = 0; d < dh; d++) {
         s += Ks[w][d] * Qt[d][lane];
@@ -240,7 +262,7 @@ __global__ void __launch_bounds__(256) attn_bwd_dkdv_f32(float* dk, float* dv, c
       pk = pr * keep_scale(seed, (hbase + (u64)qi) * (u64)S + (u64)j, p, dscale);
       ds = pk * dp - pr * Ds[lane];
     }
-    const int lim = (int)min((i64)ATT_CHUNK, n - i0);
+    const int lim = (int)min((i64)ATT_CHUNK, nq - i0);
     for (int ii = 0; ii < lim; ii++) {
       float pi = __shfl_sync(0xffffffffu, pk, ii);
       float di = __shfl_sync(0xffffffffu, ds, ii);

@@ -1,8 +1,9 @@
-// Row-wise softmax losses: cross-entropy against integer labels and KL
-// divergence against a target distribution. One block per row; the row is
-// read three times (max, sums, gradient), the later passes from L1/L2. Rows
-// are short (vocabulary 28996 for MLM, 1601 for MRC) and few, so these are
-// a small share of a step.
+// Row-wise losses: softmax cross-entropy against integer labels, KL
+// divergence against a target distribution and summed binary cross-entropy
+// with logits. One block per row; softmax rows are read three times (max,
+// sums, gradient), the later passes from L1/L2. Rows are short (vocabulary
+// 28996 for MLM, 1601 for MRC, 3129 VQA answers) and few, so these are a
+// small share of a step.
 #include "common.cuh"
 
 extern "C" {
@@ -77,6 +78,33 @@ __global__ void softmax_kl_f32(float* loss, float* dlogits, const float* logits,
     double tj = t[j];
     if (tj > 0.0) l += tj * (log(tj) - logq);
     g[j] = (float)((exp(logq) * ts - tj) * grad_scale);
+  }
+  l = block_sum_d(l, sh);
+  if (threadIdx.x == 0) loss[r] = (float)l;
+}
+
+// bce_logits_f32: loss[r] = sum_j max(x,0) - x*t + log1p(exp(-|x|)) and
+// dlogits = (sigmoid(x) - t)*grad_scale, in double as the CPU backend;
+// e = exp(-|x|) gives both terms without overflow. Each thread reads its
+// logit before writing its gradient, so dlogits may alias logits; it may
+// also be 0 (loss only).
+__global__ void bce_logits_f32(float* loss, float* dlogits, const float* logits, const float* targets,
+                               double grad_scale, i64 rows, i64 cols) {
+  __shared__ double sh[32];
+  i64 r = blockIdx.x;
+  if (r >= rows) return;
+  const float* x = logits + r * cols;
+  const float* t = targets + r * cols;
+  float* g = dlogits ? dlogits + r * cols : 0;
+  double l = 0.0;
+  for (i64 j = threadIdx.x; j < cols; j += blockDim.x) {
+    double xj = x[j], tj = t[j];
+    double e = exp(-fabs(xj));
+    l += fmax(xj, 0.0) - xj * tj + log1p(e);
+    if (g) {
+      double sig = xj < 0.0 ? e / (1.0 + e) : 1.0 / (1.0 + e);
+      g[j] = (float)((sig - tj) * grad_scale);
+    }
   }
   l = block_sum_d(l, sh);
   if (threadIdx.x == 0) loss[r] = (float)l;

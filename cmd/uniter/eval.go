@@ -41,6 +41,10 @@ type evalOpts struct {
 	mrmProb      float64
 	itmNegProb   float64
 	otLambda     float64
+	ans2label    string
+	variant      string
+	useImgType   bool
+	saveLogits   bool
 }
 
 // evalReport is DIR/metrics.json.
@@ -73,13 +77,27 @@ with the same seed see the same inputs. --init-seed evaluates a freshly
 initialised model instead of a checkpoint: with the pretraining run's seed
 and log/model.json it is that run's step-0 model.
 
-Downstream tasks (vqa ve nlvr2 vcr re itr) are not available yet.`,
+Downstream tasks (vqa, ve, nlvr2) evaluate a fine-tuned checkpoint, an
+official one (the fp16 state dict of UniterFor... with the official
+model.json; NLVR2's third type row is added before loading, as the official
+scripts do) or one of ours, exactly as the validation of "uniter finetune"
+does, and write DIR/metrics.json (acc, loss; NLVR2 also consistency as the
+official eval_nlvr2.py groups identifiers) and the official output file:
+vqa and ve results.json [{"answer", "question_id"}], nlvr2 results.csv
+(identifier,True|False). --save-logits adds ids.json and logits.npy
+(float32 [n, answers] or [n, 2]). A split without targets gives predictions
+only. vcr, re and itr are not available yet.`,
 		Example: `  uniter eval --task pretrain --checkpoint runs/demo/out/ckpt/step_00002000 \
       --txt-db runs/demo/data/txt/pretrain_val.db --img-db runs/demo/data/img/synth_val --out runs/demo/eval
   uniter eval --task pretrain --init-seed 42 --model-config runs/demo/out/log/model.json \
       --txt-db runs/demo/data/txt/pretrain_val.db --img-db runs/demo/data/img/synth_val --out runs/demo/eval0
   uniter eval --task pretrain --checkpoint uniter-base.pt --model-config base --tasks mlm,itm \
-      --txt-db /txt/pretrain_coco_val.db --img-db /img/coco_val2014 --out runs/coco_val`,
+      --txt-db /txt/pretrain_coco_val.db --img-db /img/coco_val2014 --out runs/coco_val
+  uniter eval --task vqa --checkpoint /storage/vqa/default/ckpt/model_step_6000.pt \
+      --model-config /storage/vqa/default/log/model.json --ans2label /storage/vqa/default/ckpt/ans2label.json \
+      --txt-db /txt/vqa_devval.db --img-db /img/coco_val2014 --out runs/vqa_devval --save-logits
+  uniter eval --task nlvr2 --variant paired-attn --checkpoint runs/nlvr2/ckpt/best \
+      --txt-db /txt/nlvr2_dev.db --img-db /img/nlvr2_dev --out runs/nlvr2_dev`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runEval(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -101,6 +119,10 @@ Downstream tasks (vqa ve nlvr2 vcr re itr) are not available yet.`,
 	f.Float64Var(&o.mrmProb, "mrm-prob", data.MaskProb, "masking probability of words and regions")
 	f.Float64Var(&o.itmNegProb, "itm-neg-prob", data.ITMNegProb, "probability of a mismatched image in ITM")
 	f.Float64Var(&o.otLambda, "itm-ot-lambda", 0.1, "WRA weight (0: no optimal transport term)")
+	f.StringVar(&o.ans2label, "ans2label", "", "vqa: answer vocabulary (default: ans2label.json beside the checkpoint, else the official 3129 answers)")
+	f.StringVar(&o.variant, "variant", tasks.NLVR2PairedAttn, "nlvr2: "+strings.Join(tasks.NLVR2Variants, ", "))
+	f.BoolVar(&o.useImgType, "use-img-type", true, "nlvr2: the right image's regions get token type 2 (the official configs' use_img_type)")
+	f.BoolVar(&o.saveLogits, "save-logits", false, "also write ids.json and logits.npy")
 	for _, name := range []string{"task", "txt-db", "img-db", "out"} {
 		_ = cmd.MarkFlagRequired(name)
 	}
@@ -113,8 +135,10 @@ func runEval(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
 	}
 	switch {
 	case o.task == "pretrain":
+	case slices.Contains(tasks.DownstreamTasks, o.task):
+		return runEvalDownstream(ctx, o, stdout, stderr)
 	case slices.Contains(downstreamTasks, o.task):
-		return fmt.Errorf("eval: task %s: not available yet (available: pretrain)", o.task)
+		return fmt.Errorf("eval: task %s: not available yet (available: pretrain, %s)", o.task, strings.Join(tasks.DownstreamTasks, ", "))
 	default:
 		return fmt.Errorf("eval: --task %q: want pretrain or one of %s", o.task, strings.Join(downstreamTasks, ", "))
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"uniter/internal/ckpt"
 	"uniter/internal/compute"
 	"uniter/internal/model"
 )
@@ -42,27 +43,7 @@ func (f *modelFlags) backend() (compute.Backend, error) {
 // the checkpoint's own), builds the model (plus whatever heads addHeads
 // registers) and loads the weights. The load report goes to stderr.
 func (f *modelFlags) load(be compute.Backend, addHeads func(*model.Model)) (*model.Model, error) {
-	if f.checkpoint == "" {
-		return nil, fmt.Errorf("--checkpoint is required")
-	}
-	sd, cfg, err := model.ReadCheckpoint(f.checkpoint)
-	if err != nil {
-		return nil, err
-	}
-	if f.modelConfig != "" {
-		c, err := model.LoadConfig(f.modelConfig)
-		if err != nil {
-			return nil, err
-		}
-		cfg = &c
-	}
-	if cfg == nil {
-		return nil, fmt.Errorf("checkpoint %s carries no model config: pass --model-config (e.g. config/uniter-base.json or base)", f.checkpoint)
-	}
-	if f.imgDim > 0 {
-		cfg.ImgDim = f.imgDim
-	}
-	m, err := model.New(be, *cfg, 1)
+	m, sd, err := f.build(be)
 	if err != nil {
 		return nil, err
 	}
@@ -77,4 +58,35 @@ func (f *modelFlags) load(be compute.Backend, addHeads func(*model.Model)) (*mod
 		fmt.Fprintf(os.Stderr, "uniter: checkpoint %s: %s\n", f.checkpoint, s)
 	}
 	return m, nil
+}
+
+// build reads the checkpoint and builds the backbone its config describes,
+// leaving the weights to the caller (tasks apply their model surgery
+// first).
+func (f *modelFlags) build(be compute.Backend) (*model.Model, *ckpt.StateDict, error) {
+	if f.checkpoint == "" {
+		return nil, nil, fmt.Errorf("--checkpoint is required")
+	}
+	sd, cfg, err := model.ReadCheckpoint(f.checkpoint)
+	if err != nil {
+		return nil, nil, err
+	}
+	if f.modelConfig != "" {
+		c, err := model.LoadConfig(f.modelConfig)
+		if err != nil {
+			return nil, nil, err
+		}
+		cfg = &c
+	}
+	if cfg == nil {
+		return nil, nil, fmt.Errorf("checkpoint %s carries no model config: pass --model-config (e.g. config/uniter-base.json or base)", f.checkpoint)
+	}
+	if f.imgDim > 0 {
+		cfg.ImgDim = f.imgDim
+	}
+	m, err := model.New(be, *cfg, 1)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, sd, nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,7 +17,9 @@ import (
 
 func init() { subcommands = append(subcommands, newPretrainCmd) }
 
-type pretrainOpts struct {
+// trainOpts are the flags of pretrain and finetune.
+type trainOpts struct {
+	task           string
 	config, output string
 	resume         bool
 	steps          int
@@ -29,7 +32,7 @@ type pretrainOpts struct {
 }
 
 func newPretrainCmd() *cobra.Command {
-	o := pretrainOpts{}
+	o := trainOpts{task: train.TaskPretrain}
 	cmd := &cobra.Command{
 		Use:   "pretrain --config FILE",
 		Short: "Pretrain UNITER (MLM, MRFR, MRC, MRC-kl, ITM+WRA) from a YAML config",
@@ -57,11 +60,17 @@ exactly the losses of an uninterrupted run.`,
       --set train_batch_size=4096 --set n_workers=8 --fp16`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runPretrain(cmd, o)
+			return runTraining(cmd, o)
 		},
 	}
+	registerTrainFlags(cmd, &o, "YAML (or official JSON) pretraining config")
+	return cmd
+}
+
+// registerTrainFlags adds the flags pretrain and finetune share.
+func registerTrainFlags(cmd *cobra.Command, o *trainOpts, configHelp string) {
 	f := cmd.Flags()
-	f.StringVar(&o.config, "config", "", "YAML (or official JSON) pretraining config")
+	f.StringVar(&o.config, "config", "", configHelp)
 	f.StringVar(&o.output, "output", "", "output directory (default: the config's output_dir)")
 	f.BoolVar(&o.resume, "resume", false, "continue from the newest complete checkpoint in --output")
 	f.IntVar(&o.steps, "steps", 0, "stop after this optimizer step (default: num_train_steps)")
@@ -72,14 +81,13 @@ exactly the losses of an uninterrupted run.`,
 	f.IntVar(&o.threads, "threads", 0, "CPU threads (0: all cores)")
 	f.BoolVar(&o.quiet, "quiet", false, "no progress bar")
 	_ = cmd.MarkFlagRequired("config")
-	return cmd
 }
 
-// loadPretrainConfig merges the config file, UNITER_* environment variables,
+// loadTrainConfig merges the config file, UNITER_* environment variables,
 // --set overrides and the flags that shadow config keys.
-func loadPretrainConfig(o pretrainOpts) (*train.Config, error) {
+func loadTrainConfig(o trainOpts) (*train.Config, error) {
 	v := newConfig()
-	train.SetDefaults(v)
+	train.SetDefaults(v, o.task)
 	if err := train.ReadConfigFile(v, o.config); err != nil {
 		return nil, err
 	}
@@ -95,20 +103,25 @@ func loadPretrainConfig(o pretrainOpts) (*train.Config, error) {
 	if o.output != "" {
 		v.Set("output_dir", o.output)
 	}
-	cfg, err := train.DecodeConfig(v)
+	cfg, err := train.DecodeConfig(v, o.task)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.config, err)
 	}
 	return cfg, nil
 }
 
-func runPretrain(cmd *cobra.Command, o pretrainOpts) error {
+// runTraining runs pretrain or finetune. SIGINT and SIGTERM (a scheduler's
+// or docker stop's) end the run after the current step with a checkpoint.
+func runTraining(cmd *cobra.Command, o trainOpts) error {
 	if o.steps < 0 {
 		return fmt.Errorf("--steps %d: must be positive", o.steps)
 	}
-	cfg, err := loadPretrainConfig(o)
+	cfg, err := loadTrainConfig(o)
 	if err != nil {
 		return err
+	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", o.config, w)
 	}
 	be, err := openBackend(o.device, o.threads)
 	if err != nil {
@@ -126,11 +139,14 @@ func runPretrain(cmd *cobra.Command, o pretrainOpts) error {
 		return err
 	}
 	defer t.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := t.Run(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "pretrain: finished at step %d; logs in %s/log, checkpoints in %s/ckpt\n", t.Step(), cfg.OutputDir, cfg.OutputDir)
+	fmt.Fprintf(cmd.OutOrStdout(), "%s: finished at step %d; logs in %s/log, checkpoints in %s/ckpt\n", cmd.Name(), t.Step(), cfg.OutputDir, cfg.OutputDir)
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: interrupted at step %d (checkpoint saved; continue with --resume)", cmd.Name(), t.Step())
+	}
 	return nil
 }

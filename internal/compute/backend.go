@@ -79,18 +79,23 @@ type Backend interface {
 
 	// AttentionFwd is multi-head scaled dot-product attention over a batch
 	// of B sequences of S positions. q, k, v, out are [B*S, heads*dh]; head h
-	// uses columns [h*dh, (h+1)*dh). lens [B] (I32) gives each sequence's
-	// valid prefix: position j is a key only if j < lens[b]; query rows at
-	// or past lens[b] produce zeros. probs = softmax(scale*q.k + 0 on valid
-	// keys), dropped out with DropoutKeep(seed, ((b*heads+h)*S+i)*S+j, p) and
+	// uses columns [h*dh, (h+1)*dh). lens (I32) gives each sequence's valid
+	// prefixes: either [B], one length shared by queries and keys, or [2, B]
+	// with the query lengths in row 0 and the key lengths in row 1 (cross
+	// attention between sequences padded to the same S, e.g. NLVR2's left
+	// to right). Position j is a key only if j < the key length; query rows
+	// at or past the query length produce zeros, as does every row of a
+	// sequence with no keys. probs = softmax(scale*q.k + 0 on valid keys),
+	// dropped out with DropoutKeep(seed, ((b*heads+h)*S+i)*S+j, p) and
 	// rescaled by 1/(1-p). lse [B, heads, S] receives the log-sum-exp of each
-	// valid row's scaled scores for the backward (0 on rows past lens[b]).
+	// valid row's scaled scores for the backward (0 on the other rows).
 	//
 	// This equals the reference's additive -10000 mask exactly in fp32,
 	// where exp(-10000) underflows to 0.
 	AttentionFwd(out, lse, q, k, v, lens *Tensor, heads int, scale, p float32, seed uint64)
 	// AttentionBwd overwrites dq, dk, dv given dout and the forward's inputs,
-	// output and lse (probabilities are recomputed).
+	// output and lse (probabilities are recomputed). Rows of dq past the
+	// query length and rows of dk, dv past the key length are zero.
 	AttentionBwd(dq, dk, dv, dout, out, lse, q, k, v, lens *Tensor, heads int, scale, p float32, seed uint64)
 
 	// Gather sets out[i,:] = src[idx[i],:] (embedding lookup, row selection).
@@ -111,6 +116,27 @@ type Backend interface {
 	// (q*sum_j t_j - t) * gradScale.
 	SoftmaxKL(loss, dlogits, logits, target *Tensor, gradScale float32)
 
+	// BCEWithLogits computes binary cross-entropy with logits [N,C] against
+	// targets [N,C] in [0,1] (soft scores allowed). loss [N] receives each
+	// row's sum over classes of PyTorch's stable form max(x,0) - x*t +
+	// log1p(exp(-|x|)); dlogits [N,C] (may alias logits; nil for a
+	// loss-only evaluation) receives (sigmoid(x) - t) * gradScale.
+	BCEWithLogits(loss, dlogits, logits, targets *Tensor, gradScale float32)
+
+	// SoftmaxRows sets each row b of out [B,S] to the softmax of x [B,S]
+	// over its first lens[b] (I32 [B]) columns and 0 beyond them (a row
+	// with lens[b] = 0 is all zero). This equals the reference's additive
+	// -10000 mask in fp32. out may alias x.
+	SoftmaxRows(out, x, lens *Tensor)
+	// SoftmaxRowsBwd sets dx = y*(dy - sum_j dy_j*y_j) per row, given the
+	// forward's output y [B,S] and dy; masked columns (y = 0) get 0. dx may
+	// alias dy.
+	SoftmaxRowsBwd(dx, y, dy *Tensor)
+
+	// Argmax sets idx[i] (I32 [N]) to the column of the largest value in row
+	// i of x [N,C], the lowest on ties and the first NaN if there is one, as
+	// torch.max over a row does on the CPU.
+	Argmax(idx, x *Tensor)
 	// SumSq returns sum(x^2) in float64 (global gradient norms).
 	SumSq(x *Tensor) float64
 	// Sum returns sum(x) in float64.

@@ -39,16 +39,25 @@ func GemmDims(transA, transB bool, a, b, c *Tensor) (m, n, k int) {
 }
 
 // AttnShape is the layout of an attention call: B sequences of S positions,
-// Heads heads of Dh columns, D = Heads*Dh.
-type AttnShape struct{ B, S, Heads, Dh, D int }
+// Heads heads of Dh columns, D = Heads*Dh. Sequence b's query length is
+// lens[b] and its key length lens[b+KeyOff]: KeyOff is 0 when queries and
+// keys share one length, B when lens holds both.
+type AttnShape struct{ B, S, Heads, Dh, D, KeyOff int }
 
 // AttentionShape derives the layout of q, k, v, out ([B*S, D]) and lens
-// ([B]) and panics unless they agree. The values of lens are the backend's
-// to check, since they may live on a device.
+// ([B], or [2, B] for separate query and key lengths) and panics unless
+// they agree. The shape, not the element count, tells the two forms of lens
+// apart: 2B lengths over B*S rows would also fit 2B sequences of S/2. The
+// values of lens are the backend's to check, since they may live on a
+// device.
 func AttentionShape(op string, q, k, v, out, lens *Tensor, heads int) AttnShape {
-	b, d := lens.Len(), q.Cols()
+	b, keyOff := lens.Len(), 0
+	if len(lens.Shape) == 2 && lens.Shape[0] == 2 {
+		b, keyOff = lens.Shape[1], lens.Shape[1]
+	}
+	d := q.Cols()
 	if heads <= 0 || b == 0 || d%heads != 0 || q.Rows()%b != 0 {
-		panic(fmt.Sprintf("compute: %s: q %v with %d heads and %d sequences", op, q.Shape, heads, b))
+		panic(fmt.Sprintf("compute: %s: q %v with %d heads and lens %v", op, q.Shape, heads, lens.Shape))
 	}
 	if lens.DType != I32 {
 		panic(fmt.Sprintf("compute: %s: lens is %v, want i32", op, lens.DType))
@@ -56,7 +65,7 @@ func AttentionShape(op string, q, k, v, out, lens *Tensor, heads int) AttnShape 
 	MustMatrix(op, "k", k, q.Rows(), d)
 	MustMatrix(op, "v", v, q.Rows(), d)
 	MustMatrix(op, "out", out, q.Rows(), d)
-	return AttnShape{B: b, S: q.Rows() / b, Heads: heads, Dh: d / heads, D: d}
+	return AttnShape{B: b, S: q.Rows() / b, Heads: heads, Dh: d / heads, D: d, KeyOff: keyOff}
 }
 
 // LayerNormFwdShape returns the rows m and columns n of x and panics unless
@@ -83,4 +92,52 @@ func LayerNormBwdShape(dx, dgamma, dbeta, dout, x, mean, rstd, gamma *Tensor) (m
 	MustLen("LayerNormBwd", "dgamma", dgamma, n)
 	MustLen("LayerNormBwd", "dbeta", dbeta, n)
 	return m, n
+}
+
+// RowLossShape returns the rows n and columns c of logits and panics unless
+// loss ([N]), target ([N, C]) and dlogits ([N, C], or nil for a loss-only
+// call) agree with them.
+func RowLossShape(op string, loss, dlogits, logits, target *Tensor) (n, c int) {
+	n, c = logits.Rows(), logits.Cols()
+	MustLen(op, "loss", loss, n)
+	MustMatrix(op, "target", target, n, c)
+	if dlogits != nil {
+		MustMatrix(op, "dlogits", dlogits, n, c)
+	}
+	return n, c
+}
+
+// ArgmaxShape returns the rows n and columns c of x and panics unless idx
+// is an I32 [N] and rows are non-empty (an empty row has no argmax).
+func ArgmaxShape(idx, x *Tensor) (n, c int) {
+	n, c = x.Rows(), x.Cols()
+	MustLen("Argmax", "idx", idx, n)
+	if idx.DType != I32 {
+		panic(fmt.Sprintf("compute: Argmax: idx is %v, want i32", idx.DType))
+	}
+	if c == 0 && n > 0 {
+		panic(fmt.Sprintf("compute: Argmax: x %v has empty rows", x.Shape))
+	}
+	return n, c
+}
+
+// SoftmaxRowsShape returns the rows b and columns s of x and panics unless
+// out has x's shape and lens is an I32 [B].
+func SoftmaxRowsShape(out, x, lens *Tensor) (b, s int) {
+	b, s = x.Rows(), x.Cols()
+	MustMatrix("SoftmaxRows", "out", out, b, s)
+	MustLen("SoftmaxRows", "lens", lens, b)
+	if lens.DType != I32 {
+		panic(fmt.Sprintf("compute: SoftmaxRows: lens is %v, want i32", lens.DType))
+	}
+	return b, s
+}
+
+// SoftmaxRowsBwdShape returns the rows b and columns s of y and panics
+// unless dx and dy have its shape.
+func SoftmaxRowsBwdShape(dx, y, dy *Tensor) (b, s int) {
+	b, s = y.Rows(), y.Cols()
+	MustMatrix("SoftmaxRowsBwd", "dx", dx, b, s)
+	MustMatrix("SoftmaxRowsBwd", "dy", dy, b, s)
+	return b, s
 }

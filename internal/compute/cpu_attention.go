@@ -11,12 +11,13 @@ import (
 type attnGeom struct {
 	b, s, heads, dh, d int
 	lens               []int32
+	keyOff             int
 }
 
 // attnGeometry checks the layout (AttentionShape) and the host lengths.
 func attnGeometry(op string, q, k, v, out, lens *Tensor, heads int) attnGeom {
 	sh := AttentionShape(op, q, k, v, out, lens, heads)
-	g := attnGeom{b: sh.B, s: sh.S, heads: sh.Heads, dh: sh.Dh, d: sh.D, lens: I32s(lens)}
+	g := attnGeom{b: sh.B, s: sh.S, heads: sh.Heads, dh: sh.Dh, d: sh.D, lens: I32s(lens), keyOff: sh.KeyOff}
 	for i, l := range g.lens {
 		if l < 0 || int(l) > g.s {
 			panic(fmt.Sprintf("compute: %s: lens[%d] = %d outside [0, %d]", op, i, l, g.s))
@@ -25,9 +26,20 @@ func attnGeometry(op string, q, k, v, out, lens *Tensor, heads int) attnGeom {
 	return g
 }
 
+// seqLens returns sequence b's query and key lengths. A sequence without
+// keys has no softmax and one without queries sends no gradient to its
+// keys, so either length being 0 makes both 0.
+func (g attnGeom) seqLens(b int) (nq, nk int) {
+	nq, nk = int(g.lens[b]), int(g.lens[b+g.keyOff])
+	if nq == 0 || nk == 0 {
+		return 0, 0
+	}
+	return nq, nk
+}
+
 // forPairs runs fn(worker scratch, b, h) for every (sequence, head) pair.
-// Pairs are handed out dynamically because their cost grows with lens[b]
-// squared. Each runs its small matrix products single-threaded in OpenBLAS:
+// Pairs are handed out dynamically because their cost grows with the
+// product of the query and key lengths. Each runs its small matrix products single-threaded in OpenBLAS:
 // nested BLAS threads would oversubscribe the cores the pairs already share.
 func (c *CPU) forPairs(g attnGeom, bufs int, fn func(scr []float32, b, h int)) {
 	pairs := g.b * g.heads
@@ -75,25 +87,25 @@ func zeroHeadRows(x []float32, g attnGeom, b, h, from int) {
 }
 
 // AttentionFwd is masked multi-head attention; see Backend. Rows of lse at or
-// past lens[b] are set to 0.
+// past the query length are set to 0.
 func (c *CPU) AttentionFwd(out, lse, q, k, v, lens *Tensor, heads int, scale, p float32, seed uint64) {
 	g := attnGeometry("AttentionFwd", q, k, v, out, lens, heads)
 	MustLen("AttentionFwd", "lse", lse, g.b*heads*g.s)
 	outs, ls, qs, ks, vs := F32s(out), F32s(lse), F32s(q), F32s(k), F32s(v)
 	dscale := dropoutScale(p)
 	c.forPairs(g, 1, func(scr []float32, b, h int) {
-		n := int(g.lens[b])
+		nq, nk := g.seqLens(b)
 		lrow := ls[(b*heads+h)*g.s : (b*heads+h+1)*g.s]
-		clear(lrow[n:])
-		zeroHeadRows(outs, g, b, h, n)
-		if n == 0 {
+		clear(lrow[nq:])
+		zeroHeadRows(outs, g, b, h, nq)
+		if nq == 0 {
 			return
 		}
 		base := b*g.s*g.d + h*g.dh
-		sc := scr[:n*n]
-		sgemm(false, true, n, n, g.dh, scale, qs[base:], g.d, ks[base:], g.d, 0, sc, n)
-		for i := range n {
-			row := sc[i*n : (i+1)*n]
+		sc := scr[:nq*nk]
+		sgemm(false, true, nq, nk, g.dh, scale, qs[base:], g.d, ks[base:], g.d, 0, sc, nk)
+		for i := range nq {
+			row := sc[i*nk : (i+1)*nk]
 			m := float64(rowMax(row))
 			sum := expInto(row, row, m)
 			lrow[i] = float32(m + math.Log(sum))
@@ -109,7 +121,7 @@ func (c *CPU) AttentionFwd(out, lse, q, k, v, lens *Tensor, heads int, scale, p 
 				row[j] = float32(float64(e)*inv) * keepScale(seed, idx+j, p, dscale)
 			}
 		}
-		sgemm(false, false, n, g.dh, n, 1, sc, n, vs[base:], g.d, 0, outs[base:], g.d)
+		sgemm(false, false, nq, g.dh, nk, 1, sc, nk, vs[base:], g.d, 0, outs[base:], g.d)
 	})
 }
 
@@ -133,35 +145,36 @@ func (c *CPU) AttentionBwd(dq, dk, dv, dout, out, lse, q, k, v, lens *Tensor, he
 		bufs = 3
 	}
 	c.forPairs(g, bufs, func(scr []float32, b, h int) {
-		n := int(g.lens[b])
-		zeroHeadRows(dqs, g, b, h, n)
-		zeroHeadRows(dks, g, b, h, n)
-		zeroHeadRows(dvs, g, b, h, n)
-		if n == 0 {
+		nq, nk := g.seqLens(b)
+		zeroHeadRows(dqs, g, b, h, nq)
+		zeroHeadRows(dks, g, b, h, nk)
+		zeroHeadRows(dvs, g, b, h, nk)
+		if nq == 0 {
 			return
 		}
 		base := b*g.s*g.d + h*g.dh
 		lrow := ls[(b*heads+h)*g.s:]
-		pm, dp := scr[:n*n], scr[n*n:2*n*n]
-		sgemm(false, true, n, n, g.dh, scale, qs[base:], g.d, ks[base:], g.d, 0, pm, n)
-		for i := range n {
-			row := pm[i*n : (i+1)*n]
+		nn := nq * nk
+		pm, dp := scr[:nn], scr[nn:2*nn]
+		sgemm(false, true, nq, nk, g.dh, scale, qs[base:], g.d, ks[base:], g.d, 0, pm, nk)
+		for i := range nq {
+			row := pm[i*nk : (i+1)*nk]
 			expInto(row, row, float64(lrow[i]))
 		}
 		pd := pm
 		if p > 0 {
-			pd = scr[2*n*n : 3*n*n]
-			for i := range n {
+			pd = scr[2*nn : 3*nn]
+			for i := range nq {
 				idx := ((b*heads+h)*g.s + i) * g.s
-				for j := range n {
-					pd[i*n+j] = pm[i*n+j] * keepScale(seed, idx+j, p, dscale)
+				for j := range nk {
+					pd[i*nk+j] = pm[i*nk+j] * keepScale(seed, idx+j, p, dscale)
 				}
 			}
 		}
-		sgemm(true, false, n, g.dh, n, 1, pd, n, dos[base:], g.d, 0, dvs[base:], g.d)
-		sgemm(false, true, n, n, g.dh, 1, dos[base:], g.d, vs[base:], g.d, 0, dp, n)
-		for i := range n {
-			prow, pdrow, dprow := pm[i*n:(i+1)*n], pd[i*n:(i+1)*n], dp[i*n:(i+1)*n]
+		sgemm(true, false, nk, g.dh, nq, 1, pd, nk, dos[base:], g.d, 0, dvs[base:], g.d)
+		sgemm(false, true, nq, nk, g.dh, 1, dos[base:], g.d, vs[base:], g.d, 0, dp, nk)
+		for i := range nq {
+			prow, pdrow, dprow := pm[i*nk:(i+1)*nk], pd[i*nk:(i+1)*nk], dp[i*nk:(i+1)*nk]
 			var dsum float64
 			for j, x := range dprow {
 				dsum += float64(pdrow[j]) * float64(x)
@@ -170,7 +183,7 @@ func (c *CPU) AttentionBwd(dq, dk, dv, dout, out, lse, q, k, v, lens *Tensor, he
 				dprow[j] = float32(float64(pdrow[j])*float64(x) - float64(prow[j])*dsum)
 			}
 		}
-		sgemm(false, false, n, g.dh, n, scale, dp, n, ks[base:], g.d, 0, dqs[base:], g.d)
-		sgemm(true, false, n, g.dh, n, scale, dp, n, qs[base:], g.d, 0, dks[base:], g.d)
+		sgemm(false, false, nq, g.dh, nk, scale, dp, nk, ks[base:], g.d, 0, dqs[base:], g.d)
+		sgemm(true, false, nk, g.dh, nq, scale, dp, nk, qs[base:], g.d, 0, dks[base:], g.d)
 	})
 }

@@ -66,6 +66,8 @@ func checkClose(t *testing.T, name string, got []float32, want, scale []float64,
 	}
 	if bad > 0 {
 		t.Errorf("%s: %d of %d values off; worst relative error %.3g at %d (got %v, want %v)", name, bad, len(got), worst, worstAt, got[worstAt], want[worstAt])
+	} else {
+		t.Logf("%s: worst relative error %.3g", name, worst)
 	}
 }
 
@@ -182,24 +184,40 @@ func refGelu(x float64) (y, dy float64) {
 	return x * cdf, cdf + x*pdf
 }
 
-// refAttention is the float64 forward of AttentionFwd for one layout; it
-// returns out, lse and the (dropped-out) probabilities per (b,h).
+// refAttn is the float64 reference of AttentionFwd and AttentionBwd for
+// one layout. qlens are the query lengths and klens the key lengths (nil:
+// the query lengths).
 type refAttn struct {
 	b, s, heads, dh int
-	lens            []int32
+	qlens, klens    []int32
 	scale, p        float64
 	seed            uint64
 }
 
 func (r refAttn) d() int { return r.heads * r.dh }
 
+// lens returns sequence b's query and key lengths; the Backend contract
+// makes a sequence with no queries or no keys empty on both sides.
+func (r refAttn) lens(b int) (nq, nk int) {
+	nq, nk = int(r.qlens[b]), int(r.qlens[b])
+	if r.klens != nil {
+		nk = int(r.klens[b])
+	}
+	if nq == 0 || nk == 0 {
+		return 0, 0
+	}
+	return nq, nk
+}
+
+// probs returns sequence b's head h probabilities [nq][nk] and lse [nq].
 func (r refAttn) probs(q, k []float32, b, h int) (prob [][]float64, lse []float64) {
-	n, d := int(r.lens[b]), r.d()
-	prob, lse = make([][]float64, n), make([]float64, n)
-	for i := range n {
-		sc := make([]float64, n)
+	nq, nk := r.lens(b)
+	d := r.d()
+	prob, lse = make([][]float64, nq), make([]float64, nq)
+	for i := range nq {
+		sc := make([]float64, nk)
 		mx := math.Inf(-1)
-		for j := range n {
+		for j := range nk {
 			var s float64
 			for e := range r.dh {
 				s += float64(q[(b*r.s+i)*d+h*r.dh+e]) * float64(k[(b*r.s+j)*d+h*r.dh+e])
@@ -208,11 +226,11 @@ func (r refAttn) probs(q, k []float32, b, h int) (prob [][]float64, lse []float6
 			mx = max(mx, sc[j])
 		}
 		var sum float64
-		for j := range n {
+		for j := range nk {
 			sum += math.Exp(sc[j] - mx)
 		}
 		lse[i] = mx + math.Log(sum)
-		for j := range n {
+		for j := range nk {
 			sc[j] = math.Exp(sc[j] - lse[i])
 		}
 		prob[i] = sc
@@ -267,11 +285,11 @@ func (r refAttn) backward(q, k, v, dout []float32) (grads, mags [3][]float64) {
 	for b := range r.b {
 		for h := range r.heads {
 			prob, _ := r.probs(q, k, b, h)
-			n := len(prob)
-			for i := range n {
-				dp, dpAbs := make([]float64, n), make([]float64, n)
+			nq, nk := r.lens(b)
+			for i := range nq {
+				dp, dpAbs := make([]float64, nk), make([]float64, nk)
 				var dsum, dsumAbs float64
-				for j := range n {
+				for j := range nk {
 					kp := r.keep(b, h, i, j)
 					var g, gAbs float64
 					for e := range r.dh {
@@ -285,7 +303,7 @@ func (r refAttn) backward(q, k, v, dout []float32) (grads, mags [3][]float64) {
 					dsum += prob[i][j] * dp[j]
 					dsumAbs += prob[i][j] * dpAbs[j]
 				}
-				for j := range n {
+				for j := range nk {
 					ds := prob[i][j] * (dp[j] - dsum) * r.scale
 					dsAbs := prob[i][j] * (dpAbs[j] + dsumAbs) * r.scale
 					for e := range r.dh {

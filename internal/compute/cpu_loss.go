@@ -87,3 +87,37 @@ func (c *CPU) SoftmaxXent(loss, dlogits, logits, labels *Tensor, ignore int32, g
 		}
 	})
 }
+
+// BCEWithLogits computes per-row summed binary cross-entropy with logits;
+// see Backend. Each element is evaluated in float64 from e = exp(-|x|),
+// which serves both the loss's log1p term and the sigmoid without
+// overflow; its logit is read just before its gradient is written, so
+// dlogits may alias logits.
+func (c *CPU) BCEWithLogits(loss, dlogits, logits, targets *Tensor, gradScale float32) {
+	n, cols := RowLossShape("BCEWithLogits", loss, dlogits, logits, targets)
+	var gs []float32
+	if dlogits != nil {
+		gs = F32s(dlogits)
+	}
+	ls, xs, ts := F32s(loss), F32s(logits), F32s(targets)
+	scale := float64(gradScale)
+	c.parallelFor(n, rowsFor(grainCostly, cols), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			var l float64
+			for j := i * cols; j < (i+1)*cols; j++ {
+				x, t := float64(xs[j]), float64(ts[j])
+				e := exp64(-math.Abs(x))
+				l += max(x, 0) - x*t + math.Log1p(e)
+				if gs == nil {
+					continue
+				}
+				sig := 1 / (1 + e)
+				if x < 0 {
+					sig = e / (1 + e)
+				}
+				gs[j] = float32((sig - t) * scale)
+			}
+			ls[i] = float32(l)
+		}
+	})
+}

@@ -66,3 +66,26 @@ func (c *CPU) AdamW(p, g, m, v *Tensor, gradScale, lr, b1, b2, eps, wd float32, 
 		}
 	})
 }
+
+// Argmax sets idx[i] to the column of row i's largest value, the lowest on
+// ties; a NaN ends the scan because torch.max ranks NaN above every number.
+func (c *CPU) Argmax(idx, x *Tensor) {
+	n, cols := ArgmaxShape(idx, x)
+	is, xs := I32s(idx), F32s(x)
+	c.parallelFor(n, rowsFor(grainCheap, cols), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			row := xs[i*cols : (i+1)*cols]
+			best := 0
+			for j, v := range row {
+				if v != v {
+					best = j
+					break
+				}
+				if v > row[best] {
+					best = j
+				}
+			}
+			is[i] = int32(best)
+		}
+	})
+}

@@ -71,6 +71,10 @@ func TestStoragePanics(t *testing.T) {
 			q := c.Alloc(F32, 4, 6)
 			c.AttentionFwd(q, c.Alloc(F32, 8), q, q, q, c.FromI32([]int32{3, 2}, 2), 2, 1, 0, 0)
 		},
+		"attention key lens": func() {
+			q := c.Alloc(F32, 4, 6)
+			c.AttentionFwd(q, c.Alloc(F32, 8), q, q, q, c.FromI32([]int32{1, 2, 2, 3}, 2, 2), 2, 1, 0, 0)
+		},
 		"attention layout": func() {
 			q := c.Alloc(F32, 4, 6)
 			c.AttentionFwd(q, c.Alloc(F32, 8), q, q, q, c.FromI32([]int32{1, 1}, 2), 4, 1, 0, 0)
@@ -457,20 +461,35 @@ func TestLayerNormGradient(t *testing.T) {
 	gradCheck(t, "LayerNormBwd dbeta", F32s(bt), F32s(db), 1e-2, loss)
 }
 
-// attnCase is a batch layout for the attention tests.
+// attnCase is a batch layout for the attention tests: query lengths lens
+// and, for cross attention, key lengths klens.
 type attnCase struct {
 	s, heads, dh int
-	lens         []int32
+	lens, klens  []int32
+}
+
+// tensor returns the lens operand: [B], or [2, B] with the key lengths.
+func (tc attnCase) tensor(c *CPU) *Tensor {
+	b := len(tc.lens)
+	if tc.klens == nil {
+		return c.FromI32(tc.lens, b)
+	}
+	return c.FromI32(append(append([]int32(nil), tc.lens...), tc.klens...), 2, b)
 }
 
 var attnCases = []attnCase{
 	{s: 7, heads: 3, dh: 5, lens: []int32{7, 1, 4}},
 	{s: 33, heads: 2, dh: 64, lens: []int32{33, 20, 0, 1}},
 	{s: 1, heads: 1, dh: 3, lens: []int32{1}},
+	// Cross lengths: queries shorter than, longer than and as long as the
+	// keys, queries without keys and keys without queries.
+	{s: 9, heads: 2, dh: 7, lens: []int32{9, 3, 6, 2, 0, 5}, klens: []int32{4, 9, 6, 1, 5, 0}},
+	{s: 37, heads: 3, dh: 16, lens: []int32{37, 11, 1}, klens: []int32{20, 37, 37}},
 }
 
 // TestAttention compares attention forward and backward with float64
-// references over ragged lengths (full, 1 and 0), with and without dropout.
+// references over ragged lengths (full, 1 and 0) and cross lengths, with
+// and without dropout.
 func TestAttention(t *testing.T) {
 	c := newTestCPU()
 	rng := rand.New(rand.NewSource(9))
@@ -478,11 +497,11 @@ func TestAttention(t *testing.T) {
 		for _, p := range []float32{0, 0.3} {
 			b, d := len(tc.lens), tc.heads*tc.dh
 			rows := b * tc.s
-			ref := refAttn{b: b, s: tc.s, heads: tc.heads, dh: tc.dh, lens: tc.lens, scale: 1 / math.Sqrt(float64(tc.dh)), p: float64(p), seed: 1234}
+			ref := refAttn{b: b, s: tc.s, heads: tc.heads, dh: tc.dh, qlens: tc.lens, klens: tc.klens, scale: 1 / math.Sqrt(float64(tc.dh)), p: float64(p), seed: 1234}
 			q, k, v, dout := randF32(rng, rows*d, 1), randF32(rng, rows*d, 1), randF32(rng, rows*d, 1), randF32(rng, rows*d, 1)
 			wantOut, outMag, wantLse := ref.forward(q, k, v)
 			qt, kt, vt := padded(q, 3, rows, d), padded(k, 3, rows, d), padded(v, 3, rows, d)
-			lens := c.FromI32(tc.lens, b)
+			lens := tc.tensor(c)
 			// Garbage in the outputs must be overwritten, including the rows
 			// past each sequence's length.
 			out, lse := padded(randF32(rng, rows*d, 1), 3, rows, d), padded(randF32(rng, b*tc.heads*tc.s, 1), 3, b, tc.heads, tc.s)
@@ -499,35 +518,70 @@ func TestAttention(t *testing.T) {
 			for _, x := range []*Tensor{out, lse, dq, dk, dv, qt, kt, vt} {
 				checkTail(t, "attention", x)
 			}
+			if tc.klens == nil {
+				checkSharedAsCross(t, c, tc, []*Tensor{out, lse, dq, dk, dv}, qt, kt, vt, c.FromF32(dout, rows, d), float32(ref.scale), p, ref.seed)
+			}
+		}
+	}
+}
+
+// checkSharedAsCross requires [2, B] lengths holding the shared lengths
+// twice to reproduce the [B] results want (out, lse, dq, dk, dv) bit for
+// bit.
+func checkSharedAsCross(t *testing.T, c *CPU, tc attnCase, want []*Tensor, q, k, v, dout *Tensor, scale, p float32, seed uint64) {
+	t.Helper()
+	tc.klens = tc.lens
+	lens := tc.tensor(c)
+	got := make([]*Tensor, len(want))
+	for i, w := range want {
+		got[i] = c.Alloc(F32, w.Shape...)
+	}
+	c.AttentionFwd(got[0], got[1], q, k, v, lens, tc.heads, scale, p, seed)
+	c.AttentionBwd(got[2], got[3], got[4], dout, got[0], got[1], q, k, v, lens, tc.heads, scale, p, seed)
+	for i, w := range want {
+		for j, x := range F32s(w) {
+			if g := F32s(got[i])[j]; g != x {
+				t.Fatalf("attention result %d element %d with [2, B] lens: %v, [B] lens: %v", i, j, g, x)
+			}
 		}
 	}
 }
 
 // TestAttentionGradient checks dq, dk and dv against finite differences,
-// with and without dropout.
+// with and without dropout, for shared and cross lengths.
 func TestAttentionGradient(t *testing.T) {
 	c := newTestCPU()
 	rng := rand.New(rand.NewSource(10))
-	const s, heads, dh = 5, 2, 3
-	lensv := []int32{5, 3, 1}
-	b, d := len(lensv), heads*dh
-	rows := b * s
-	scale := float32(1 / math.Sqrt(dh))
-	for _, p := range []float32{0, 0.3} {
-		q, k, v, r := randF32(rng, rows*d, 1), randF32(rng, rows*d, 1), randF32(rng, rows*d, 1), randF32(rng, rows*d, 1)
-		qt, kt, vt, lens := c.FromF32(q, rows, d), c.FromF32(k, rows, d), c.FromF32(v, rows, d), c.FromI32(lensv, b)
-		out, lse := c.Alloc(F32, rows, d), c.Alloc(F32, b, heads, s)
-		loss := func() float64 {
-			c.AttentionFwd(out, lse, qt, kt, vt, lens, heads, scale, p, 5)
-			return dot64(F32s(out), r)
+	for _, tc := range []attnCase{
+		{s: 5, heads: 2, dh: 3, lens: []int32{5, 3, 1}},
+		{s: 5, heads: 2, dh: 3, lens: []int32{5, 2, 1, 4}, klens: []int32{3, 5, 4, 4}},
+	} {
+		for _, p := range []float32{0, 0.3} {
+			gradCheckAttention(t, c, rng, tc, p)
 		}
-		loss()
-		dq, dk, dv := c.Alloc(F32, rows, d), c.Alloc(F32, rows, d), c.Alloc(F32, rows, d)
-		c.AttentionBwd(dq, dk, dv, c.FromF32(r, rows, d), out, lse, qt, kt, vt, lens, heads, scale, p, 5)
-		gradCheck(t, "AttentionBwd dq", F32s(qt), F32s(dq), 1e-2, loss)
-		gradCheck(t, "AttentionBwd dk", F32s(kt), F32s(dk), 1e-2, loss)
-		gradCheck(t, "AttentionBwd dv", F32s(vt), F32s(dv), 1e-2, loss)
 	}
+}
+
+// gradCheckAttention is one TestAttentionGradient case; the loss is
+// <out, r> for a random r.
+func gradCheckAttention(t *testing.T, c *CPU, rng *rand.Rand, tc attnCase, p float32) {
+	t.Helper()
+	b, d := len(tc.lens), tc.heads*tc.dh
+	rows := b * tc.s
+	scale := float32(1 / math.Sqrt(float64(tc.dh)))
+	q, k, v, r := randF32(rng, rows*d, 1), randF32(rng, rows*d, 1), randF32(rng, rows*d, 1), randF32(rng, rows*d, 1)
+	qt, kt, vt, lens := c.FromF32(q, rows, d), c.FromF32(k, rows, d), c.FromF32(v, rows, d), tc.tensor(c)
+	out, lse := c.Alloc(F32, rows, d), c.Alloc(F32, b, tc.heads, tc.s)
+	loss := func() float64 {
+		c.AttentionFwd(out, lse, qt, kt, vt, lens, tc.heads, scale, p, 5)
+		return dot64(F32s(out), r)
+	}
+	loss()
+	dq, dk, dv := c.Alloc(F32, rows, d), c.Alloc(F32, rows, d), c.Alloc(F32, rows, d)
+	c.AttentionBwd(dq, dk, dv, c.FromF32(r, rows, d), out, lse, qt, kt, vt, lens, tc.heads, scale, p, 5)
+	gradCheck(t, "AttentionBwd dq", F32s(qt), F32s(dq), 1e-2, loss)
+	gradCheck(t, "AttentionBwd dk", F32s(kt), F32s(dk), 1e-2, loss)
+	gradCheck(t, "AttentionBwd dv", F32s(vt), F32s(dv), 1e-2, loss)
 }
 
 // TestGatherScatterAdd checks both directions with repeated indices and

@@ -2,6 +2,7 @@ package data
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 )
 
@@ -51,6 +52,9 @@ type Example struct {
 	// Label is a per-example class: the ITM match label (1 match, 0 not) or
 	// a downstream task's class.
 	Label int32
+	// NoLabel marks an example without a class label (VQA, whose target is
+	// soft; a test split); a batch of such examples has nil Labels.
+	NoLabel bool
 	// Targets is a per-example soft target vector (VQA answer scores); all
 	// examples of a batch must have the same length.
 	Targets []float32
@@ -59,14 +63,20 @@ type Example struct {
 // Batch is a collated, padded batch in the layout the model consumes. Text
 // is [B,Tmax], regions [B,Nmax], and the joint sequence the compact
 // [B,S] layout addressed by GatherIndex (UNITER_REFERENCE.md 1.5).
+//
+// A row is one input sequence. Usually every example is one row; an
+// example may span RowsPerExample consecutive rows (NLVR2 paired: the
+// sentence with each image), and then the per-example fields IDs, Labels
+// and Targets have B/RowsPerExample entries.
 type Batch struct {
-	// B is the number of examples, Tmax the longest text (specials
-	// included), Nmax the most regions and S the longest joint sequence
-	// max(tl+nbb).
+	// B is the number of rows, Tmax the longest text (specials included),
+	// Nmax the most regions and S the longest joint sequence max(tl+nbb).
 	B, Tmax, Nmax, S int
+	// RowsPerExample is how many consecutive rows make up one example.
+	RowsPerExample int
 	// ImgDim is the region feature size.
 	ImgDim int
-	// IDs are the example ids in row order.
+	// IDs are the example ids in example order.
 	IDs []string
 
 	// InputIDs [B*Tmax], padded with 0.
@@ -110,28 +120,47 @@ type Batch struct {
 	// NMasked is the number of masked regions.
 	NMasked int
 
-	// Labels [B]: per-example class labels (ITM, downstream tasks).
+	// Labels [B/RowsPerExample]: per-example class labels (ITM, downstream
+	// tasks); nil when the examples have none (NoLabel).
 	Labels []int32
-	// Targets [B*TargetDim]: per-example soft targets; nil when TargetDim is 0.
+	// Targets [B/RowsPerExample*TargetDim]: per-example soft targets; nil
+	// when TargetDim is 0.
 	Targets []float32
 	// TargetDim is the length of each example's Targets.
 	TargetDim int
 }
 
-// Collate pads examples into a batch. imgDim is the region feature size
-// every example's ImgFeat rows must have.
+// Collate pads examples, one row each, into a batch. imgDim is the region
+// feature size every example's ImgFeat rows must have.
 func Collate(exs []*Example, imgDim int) (*Batch, error) {
+	return CollateRows(exs, imgDim, 1)
+}
+
+// CollateRows pads rows into a batch whose examples are each perExample
+// consecutive rows. An example's ID, Label, NoLabel and Targets are those
+// of its first row, and its other rows must repeat them.
+func CollateRows(exs []*Example, imgDim, perExample int) (*Batch, error) {
 	if len(exs) == 0 {
 		return nil, fmt.Errorf("collate: empty batch")
 	}
 	if imgDim <= 0 {
 		return nil, fmt.Errorf("collate: image feature size %d", imgDim)
 	}
-	b := &Batch{B: len(exs), ImgDim: imgDim, TargetDim: len(exs[0].Targets)}
-	hasMLM, hasMask := false, false
-	for _, ex := range exs {
+	if perExample <= 0 || len(exs)%perExample != 0 {
+		return nil, fmt.Errorf("collate: %d rows do not split into examples of %d rows", len(exs), perExample)
+	}
+	b := &Batch{B: len(exs), RowsPerExample: perExample, ImgDim: imgDim, TargetDim: len(exs[0].Targets)}
+	nex := len(exs) / perExample
+	hasMLM, hasMask, labelled := false, false, 0
+	for i, ex := range exs {
 		if err := ex.check(imgDim, b.TargetDim); err != nil {
 			return nil, err
+		}
+		if first := exs[i-i%perExample]; first != ex && !sameExample(first, ex) {
+			return nil, fmt.Errorf("collate: rows %d and %d of one example differ in id (%q, %q), label or targets", i-i%perExample, i, first.ID, ex.ID)
+		}
+		if i%perExample == 0 && !ex.NoLabel {
+			labelled++
 		}
 		b.Tmax = max(b.Tmax, len(ex.InputIDs))
 		b.Nmax = max(b.Nmax, ex.NBB)
@@ -144,8 +173,11 @@ func Collate(exs []*Example, imgDim int) (*Batch, error) {
 			}
 		}
 	}
+	if labelled != 0 && labelled != nex {
+		return nil, fmt.Errorf("collate: class labels for only %d of the %d examples", labelled, nex)
+	}
 	B, T, N, S := b.B, b.Tmax, b.Nmax, b.S
-	b.IDs = make([]string, B)
+	b.IDs = make([]string, nex)
 	b.InputIDs = make([]int32, B*T)
 	b.TxtTypeIDs = make([]int32, B*T)
 	b.TxtLens = make([]int, B)
@@ -155,7 +187,9 @@ func Collate(exs []*Example, imgDim int) (*Batch, error) {
 	b.NBB = make([]int, B)
 	b.GatherIndex = make([]int32, B*S)
 	b.AttnLens = make([]int, B)
-	b.Labels = make([]int32, B)
+	if labelled > 0 {
+		b.Labels = make([]int32, nex)
+	}
 	if hasMLM {
 		b.MLMLabels = make([]int32, B*T)
 		for i := range b.MLMLabels {
@@ -170,11 +204,10 @@ func Collate(exs []*Example, imgDim int) (*Batch, error) {
 		b.MRCSoft = make([]float32, 0, b.NMasked*LabelDim)
 	}
 	if b.TargetDim > 0 {
-		b.Targets = make([]float32, 0, B*b.TargetDim)
+		b.Targets = make([]float32, 0, nex*b.TargetDim)
 	}
 	for i, ex := range exs {
 		tl, nbb := len(ex.InputIDs), ex.NBB
-		b.IDs[i] = ex.ID
 		b.TxtLens[i], b.NBB[i], b.AttnLens[i] = tl, nbb, tl+nbb
 		copy(b.InputIDs[i*T:], ex.InputIDs)
 		copy(b.TxtTypeIDs[i*T:], ex.TxtTypeIDs)
@@ -206,13 +239,24 @@ func Collate(exs []*Example, imgDim int) (*Batch, error) {
 			b.MRCLabels = append(b.MRCLabels, ex.MRCLabels...)
 			b.MRCSoft = append(b.MRCSoft, ex.MRCSoft...)
 		}
-		b.Labels[i] = ex.Label
-		b.Targets = append(b.Targets, ex.Targets...)
+		if i%perExample == 0 {
+			e := i / perExample
+			b.IDs[e] = ex.ID
+			if b.Labels != nil {
+				b.Labels[e] = ex.Label
+			}
+			b.Targets = append(b.Targets, ex.Targets...)
+		}
 	}
 	if (len(b.MRCLabels) != 0 && len(b.MRCLabels) != b.NMasked) || (len(b.MRCSoft) != 0 && len(b.MRCSoft) != b.NMasked*LabelDim) {
 		return nil, fmt.Errorf("collate: region class targets for only some of the %d masked regions", b.NMasked)
 	}
 	return b, nil
+}
+
+// sameExample reports whether two rows carry the same example fields.
+func sameExample(a, b *Example) bool {
+	return a.ID == b.ID && a.Label == b.Label && a.NoLabel == b.NoLabel && slices.Equal(a.Targets, b.Targets)
 }
 
 // check validates the example's slice sizes against each other so that a

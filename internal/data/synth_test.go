@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -482,5 +483,36 @@ func TestSynthCaptionsPinImages(t *testing.T) {
 		t.Errorf("%.3f of captions name only classes a random other image also has (want <= 0.02)", frac)
 	} else {
 		t.Logf("%d of %d captions (%.4f) name only classes a random other image also has", ambiguous, total, frac)
+	}
+}
+
+// TestSynthSoftLabelsSum checks that every region's soft labels, as
+// written to the img dbs, are a distribution (sum 1 up to fp16 rounding),
+// clutter fragments whose second class equals their own included.
+func TestSynthSoftLabelsSum(t *testing.T) {
+	dir, _ := testWorld(t)
+	for _, rel := range []string{"img/synth_train", "img/synth_val", "img/vcr_gt_train", "img/re_gt_train", "img/re_det_train"} {
+		img := openImg(t, dir, rel)
+		names, err := img.Names()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range names {
+			im, err := img.Get(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for r := range im.NBB {
+				sum := 0.0
+				for _, v := range im.SoftLabels[r*im.NumLabels : (r+1)*im.NumLabels] {
+					sum += float64(v)
+				}
+				// At most three non-zero fp16 values below 1, each off by
+				// at most half an ulp (2^-12).
+				if math.Abs(sum-1) > 1e-3 {
+					t.Fatalf("%s %s region %d: soft labels sum to %v", rel, n, r, sum)
+				}
+			}
+		}
 	}
 }

@@ -250,8 +250,12 @@ func (w *synthWorld) render(rng *rand.Rand, im synthImage, gt bool, rows int) db
 		}
 		raw.Conf[r] = float16.Fromfloat32(float32(g.conf))
 		soft := make([]float64, LabelDim)
+		// Add rather than assign: other may equal the object's class, and
+		// every row must stay a distribution.
 		if g.frag {
-			soft[0], soft[1+o.class], soft[1+g.other] = 0.5, 0.3, 0.2
+			soft[0] = 0.5
+			soft[1+o.class] += 0.3
+			soft[1+g.other] += 0.2
 		} else {
 			p := 0.55 + 0.4*rng.Float64()
 			soft[1+o.class] = p

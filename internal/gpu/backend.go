@@ -358,7 +358,8 @@ func attnGeometry(op string, q, k, v, out, lens *compute.Tensor, heads int) comp
 }
 
 // AttentionFwd is masked multi-head attention; see compute.Backend. lens
-// is read on the device, so its range is the caller's to check.
+// ([B] or [2, B]) is read on the device, so its range is the caller's to
+// check.
 func (b *Backend) AttentionFwd(out, lse, q, k, v, lens *compute.Tensor, heads int, scale, p float32, seed uint64) {
 	g := attnGeometry("AttentionFwd", q, k, v, out, lens, heads)
 	compute.MustLen("AttentionFwd", "lse", lse, g.B*heads*g.S)
@@ -366,8 +367,7 @@ func (b *Backend) AttentionFwd(out, lse, q, k, v, lens *compute.Tensor, heads in
 		return
 	}
 	b.run("AttentionFwd", func(d *Device) error {
-		return d.attnFwdF32(dptr(out), dptr(lse), dptr(q), dptr(k), dptr(v), dptr(lens), g.B, g.S, heads, g.Dh,
-			scale, p, dropoutScale(p), seed)
+		return d.attnFwdF32(dptr(out), dptr(lse), dptr(q), dptr(k), dptr(v), dptr(lens), g, scale, p, dropoutScale(p), seed)
 	})
 }
 
@@ -390,15 +390,15 @@ func (b *Backend) AttentionBwd(dq, dk, dv, dout, out, lse, q, k, v, lens *comput
 			return err
 		}
 		defer d.done(delta)
-		if err := d.attnBwdDotF32(delta.ptr, dptr(dout), dptr(out), g.B, g.S, heads, g.Dh); err != nil {
+		if err := d.attnBwdDotF32(delta.ptr, dptr(dout), dptr(out), g); err != nil {
 			return err
 		}
 		if err := d.attnBwdDqF32(dptr(dq), dptr(dout), dptr(lse), delta.ptr, dptr(q), dptr(k), dptr(v), dptr(lens),
-			g.B, g.S, heads, g.Dh, scale, p, ds, seed); err != nil {
+			g, scale, p, ds, seed); err != nil {
 			return err
 		}
 		return d.attnBwdDkDvF32(dptr(dk), dptr(dv), dptr(dout), dptr(lse), delta.ptr, dptr(q), dptr(k), dptr(v), dptr(lens),
-			g.B, g.S, heads, g.Dh, scale, p, ds, seed)
+			g, scale, p, ds, seed)
 	})
 }
 
@@ -449,6 +449,52 @@ func (b *Backend) SoftmaxKL(loss, dlogits, logits, target *compute.Tensor, gradS
 	b.run("SoftmaxKL", func(d *Device) error {
 		return d.softmaxKLF32(dptr(loss), dptr(dlogits), dptr(logits), dptr(target), gradScale, n, cols)
 	})
+}
+
+// BCEWithLogits computes per-row summed binary cross-entropy with logits in
+// double; dlogits may be nil or alias logits.
+func (b *Backend) BCEWithLogits(loss, dlogits, logits, targets *compute.Tensor, gradScale float32) {
+	n, cols := compute.RowLossShape("BCEWithLogits", loss, dlogits, logits, targets)
+	if n == 0 {
+		return
+	}
+	b.run("BCEWithLogits", func(d *Device) error {
+		return d.bceLogitsF32(dptr(loss), dptrOpt(dlogits), dptr(logits), dptr(targets), gradScale, n, cols)
+	})
+}
+
+// SoftmaxRows sets each row of out to the softmax of x over its first
+// lens[b] columns and 0 beyond; out may alias x. lens is read on the
+// device, so its range is the caller's to check.
+func (b *Backend) SoftmaxRows(out, x, lens *compute.Tensor) {
+	rows, s := compute.SoftmaxRowsShape(out, x, lens)
+	if rows == 0 {
+		return
+	}
+	b.run("SoftmaxRows", func(d *Device) error {
+		return d.softmaxRowsF32(dptr(out), dptr(x), dptr(lens), rows, s)
+	})
+}
+
+// SoftmaxRowsBwd sets dx = y*(dy - <dy, y>) per row; dx may alias dy.
+func (b *Backend) SoftmaxRowsBwd(dx, y, dy *compute.Tensor) {
+	rows, s := compute.SoftmaxRowsBwdShape(dx, y, dy)
+	if rows == 0 {
+		return
+	}
+	b.run("SoftmaxRowsBwd", func(d *Device) error {
+		return d.softmaxRowsBwdF32(dptr(dx), dptr(y), dptr(dy), rows, s)
+	})
+}
+
+// Argmax sets idx[i] to the column of row i's largest value (lowest on
+// ties, first NaN first, as torch.max).
+func (b *Backend) Argmax(idx, x *compute.Tensor) {
+	n, cols := compute.ArgmaxShape(idx, x)
+	if n == 0 {
+		return
+	}
+	b.run("Argmax", func(d *Device) error { return d.argmaxRowsF32(dptr(idx), dptr(x), n, cols) })
 }
 
 // reduce sums x (or its squares) in double on the device and returns the

@@ -295,28 +295,38 @@ func TestAttention(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 1))
 	for _, tc := range []struct {
 		b, s, heads, dh int
-		lens            []int32
+		lens, klens     []int32 // klens: key lengths, nil when shared
 		p               float32
 	}{
-		{3, 37, 2, 8, []int32{37, 0, 19}, 0},
-		{3, 37, 2, 8, []int32{37, 1, 19}, 0.1},
-		{2, 70, 3, 64, []int32{70, 45}, 0.1},
-		{2, 41, 2, 80, []int32{33, 41}, 0.2},
-		{1, 33, 1, 128, []int32{33}, 0},
+		{3, 37, 2, 8, []int32{37, 0, 19}, nil, 0},
+		{3, 37, 2, 8, []int32{37, 1, 19}, nil, 0.1},
+		{2, 70, 3, 64, []int32{70, 45}, nil, 0.1},
+		{2, 41, 2, 80, []int32{33, 41}, nil, 0.2},
+		{1, 33, 1, 128, []int32{33}, nil, 0},
+		// Cross lengths: queries past the key length (over several key
+		// chunks and whole skipped blocks), fewer queries than keys, and
+		// a sequence without keys.
+		{3, 37, 2, 8, []int32{37, 5, 9}, []int32{20, 37, 0}, 0},
+		{4, 70, 3, 64, []int32{70, 45, 3, 0}, []int32{41, 70, 70, 33}, 0.1},
 	} {
 		d := tc.heads * tc.dh
 		rows := tc.b * tc.s
 		scale := float32(1 / math.Sqrt(float64(tc.dh)))
 		q, k, v := randNZ(r, 1, rows, d), randNZ(r, 1, rows, d), randNZ(r, 1, rows, d)
 		name := fmt.Sprintf("b%d_s%d_h%d_dh%d_p%v", tc.b, tc.s, tc.heads, tc.dh, tc.p)
+		lens := idx(tc.lens)
+		if tc.klens != nil {
+			name += "_cross"
+			lens = spec{dt: compute.I32, shape: []int{2, tc.b}, i32: append(append([]int32(nil), tc.lens...), tc.klens...)}
+		}
 		runCases(t, []opCase{
-			{name: "Fwd_" + name, specs: []spec{out(rows, d), out(tc.b * tc.heads * tc.s), q, k, v, idx(tc.lens)},
+			{name: "Fwd_" + name, specs: []spec{out(rows, d), out(tc.b * tc.heads * tc.s), q, k, v, lens},
 				fn: func(be compute.Backend, ts []*compute.Tensor) {
 					be.AttentionFwd(ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], tc.heads, scale, tc.p, 77)
 				}},
 			{name: "Bwd_" + name,
 				specs: []spec{out(rows, d), out(rows, d), out(rows, d), randNZ(r, 1, rows, d), out(rows, d),
-					out(tc.b * tc.heads * tc.s), q, k, v, idx(tc.lens)},
+					out(tc.b * tc.heads * tc.s), q, k, v, lens},
 				fn: func(be compute.Backend, ts []*compute.Tensor) {
 					be.AttentionFwd(ts[4], ts[5], ts[6], ts[7], ts[8], ts[9], tc.heads, scale, tc.p, 77)
 					be.AttentionBwd(ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], ts[7], ts[8], ts[9], tc.heads, scale, tc.p, 77)
@@ -354,6 +364,90 @@ func TestLosses(t *testing.T) {
 		{name: "KLAlias", specs: []spec{out(n), logits, target},
 			fn: func(be compute.Backend, ts []*compute.Tensor) { be.SoftmaxKL(ts[0], ts[1], ts[1], ts[2], 1) }},
 	})
+}
+
+// TestHeadOps covers the fine-tuning heads' ops: BCEWithLogits with
+// saturated logits and soft targets, SoftmaxRows over prefixes of length
+// 0, 1 and S and its backward, in place and not, and Argmax with ties and
+// NaNs spread over different threads and warps of a row's block.
+func TestHeadOps(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 1))
+	var cases []opCase
+	for _, sz := range [][2]int{{7, 13}, {29, 3129}} {
+		n, c := sz[0], sz[1]
+		logits := randNZ(r, 3, n, c)
+		copy(logits.f32, []float32{40, -40, 100, -100, 1e4, -1e4})
+		targets := randNZ(r, 1, n, c)
+		for i, v := range targets.f32 {
+			targets.f32[i] = float32(math.Abs(float64(v)) / 1.1) // soft scores in [0, 1)
+			if i%5 == 0 {
+				targets.f32[i] = float32(i % 2)
+			}
+		}
+		name := fmt.Sprintf("%dx%d", n, c)
+		cases = append(cases,
+			opCase{name: "BCE" + name, specs: []spec{out(n), out(n, c), logits, targets},
+				fn: func(be compute.Backend, ts []*compute.Tensor) { be.BCEWithLogits(ts[0], ts[1], ts[2], ts[3], 0.25) }},
+			opCase{name: "BCELossOnly" + name, specs: []spec{out(n), logits, targets},
+				fn: func(be compute.Backend, ts []*compute.Tensor) { be.BCEWithLogits(ts[0], nil, ts[1], ts[2], 1) }},
+			opCase{name: "BCEAlias" + name, specs: []spec{out(n), logits, targets},
+				fn: func(be compute.Backend, ts []*compute.Tensor) { be.BCEWithLogits(ts[0], ts[1], ts[1], ts[2], 1) }})
+	}
+
+	for _, sz := range [][2]int{{3, 1}, {37, 61}, {9, 700}} {
+		b, s := sz[0], sz[1]
+		x := randNZ(r, 3, b, s)
+		for j := range s {
+			x.f32[j] += 100 // overflows exp unless the maximum is subtracted
+		}
+		lens := make([]int32, b)
+		for i := range lens {
+			lens[i] = int32(1 + r.IntN(s))
+		}
+		lens[0], lens[1], lens[2] = int32(s), 1, 0
+		name := fmt.Sprintf("%dx%d", b, s)
+		cases = append(cases,
+			opCase{name: "SoftmaxRows" + name, specs: []spec{out(b, s), x, idx(lens)},
+				fn: func(be compute.Backend, ts []*compute.Tensor) { be.SoftmaxRows(ts[0], ts[1], ts[2]) }},
+			opCase{name: "SoftmaxRowsAlias" + name, specs: []spec{x, idx(lens)},
+				fn: func(be compute.Backend, ts []*compute.Tensor) { be.SoftmaxRows(ts[0], ts[0], ts[1]) }},
+			opCase{name: "SoftmaxRowsBwd" + name, specs: []spec{out(b, s), out(b, s), randNZ(r, 1, b, s), x, idx(lens)},
+				fn: func(be compute.Backend, ts []*compute.Tensor) {
+					be.SoftmaxRows(ts[1], ts[3], ts[4])
+					be.SoftmaxRowsBwd(ts[0], ts[1], ts[2])
+				}},
+			opCase{name: "SoftmaxRowsBwdAlias" + name, specs: []spec{out(b, s), randNZ(r, 1, b, s), x, idx(lens)},
+				fn: func(be compute.Backend, ts []*compute.Tensor) {
+					be.SoftmaxRows(ts[0], ts[2], ts[3])
+					be.SoftmaxRowsBwd(ts[1], ts[0], ts[1])
+				}})
+	}
+
+	nan, inf := float32(math.NaN()), float32(math.Inf(1))
+	for _, sz := range [][2]int{{6, 1}, {9, 13}, {37, 3129}} {
+		n, c := sz[0], sz[1]
+		x := randNZ(r, 1, n, c)
+		row := func(i int) []float32 { return x.f32[i*c : (i+1)*c] }
+		if c > 3 {
+			for _, j := range []int{c - 1, c / 2, 1} { // a three-way tie
+				row(0)[j] = 9
+			}
+			clear(row(1)) // every element ties
+			row(2)[0], row(2)[c-2], row(2)[c/3] = 9, nan, nan
+			for j := range row(3) {
+				row(3)[j] = -inf
+			}
+			row(4)[c-1] = inf
+		}
+		stale := make([]int32, n)
+		for i := range stale {
+			stale[i] = -1
+		}
+		cases = append(cases, opCase{name: fmt.Sprintf("Argmax%dx%d", n, c),
+			specs: []spec{{dt: compute.I32, shape: []int{n}, i32: stale}, x},
+			fn:    func(be compute.Backend, ts []*compute.Tensor) { be.Argmax(ts[0], ts[1]) }})
+	}
+	runCases(t, cases)
 }
 
 func TestReductionsAndAdamW(t *testing.T) {

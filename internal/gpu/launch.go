@@ -8,6 +8,8 @@ import (
 	"unsafe"
 
 	"gorgonia.org/cu"
+
+	"uniter/internal/compute"
 )
 
 // kernelNames are the fatbin's entry points; Open looks every one up so
@@ -17,10 +19,10 @@ var kernelNames = []string{
 	"gelu_fwd_f32", "gelu_bwd_f32", "tanh_fwd_f32", "tanh_bwd_f32", "relu_fwd_f32", "relu_bwd_f32",
 	"dropout_f32", "add_bias_f32", "sum_rows_f32", "gather_f32", "scatter_add_f32",
 	"cast_f32_f16", "cast_f16_f32", "round_fp16_f32",
-	"reduce_partial_f32", "reduce_final_f64", "nonfinite_f32",
+	"reduce_partial_f32", "reduce_final_f64", "nonfinite_f32", "argmax_rows_f32",
 	"adamw_f32",
 	"layernorm_fwd_f32", "layernorm_bwd_params_f32", "layernorm_bwd_dx_f32",
-	"softmax_xent_f32", "softmax_kl_f32",
+	"softmax_xent_f32", "softmax_kl_f32", "bce_logits_f32", "softmax_rows_f32", "softmax_rows_bwd_f32",
 	"sgemm_f32", "hgemm_nn", "hgemm_nt", "hgemm_tn", "hgemm_tt",
 	"attn_fwd_f32", "attn_bwd_dot_f32", "attn_bwd_dq_f32", "attn_bwd_dkdv_f32",
 }
@@ -191,6 +193,23 @@ func (d *Device) softmaxKLF32(loss, dlogits, logits, target cu.DevicePtr, gradSc
 		ptr(target), f64(float64(gradScale)), i64(rows), i64(cols))
 }
 
+func (d *Device) bceLogitsF32(loss, dlogits, logits, targets cu.DevicePtr, gradScale float32, rows, cols int) error {
+	return d.launch("bce_logits_f32", dim3{rows, 1, 1}, rowBlock(cols), 0, ptr(loss), ptr(dlogits), ptr(logits),
+		ptr(targets), f64(float64(gradScale)), i64(rows), i64(cols))
+}
+
+func (d *Device) argmaxRowsF32(idx, x cu.DevicePtr, rows, cols int) error {
+	return d.launch("argmax_rows_f32", dim3{rows, 1, 1}, rowBlock(cols), 0, ptr(idx), ptr(x), i64(rows), i64(cols))
+}
+
+func (d *Device) softmaxRowsF32(out, x, lens cu.DevicePtr, rows, cols int) error {
+	return d.launch("softmax_rows_f32", dim3{rows, 1, 1}, rowBlock(cols), 0, ptr(out), ptr(x), ptr(lens), i64(rows), i64(cols))
+}
+
+func (d *Device) softmaxRowsBwdF32(dx, y, dy cu.DevicePtr, rows, cols int) error {
+	return d.launch("softmax_rows_bwd_f32", dim3{rows, 1, 1}, rowBlock(cols), 0, ptr(dx), ptr(y), ptr(dy), i64(rows), i64(cols))
+}
+
 func (d *Device) sgemmF32(c, a, b cu.DevicePtr, m, n, k, lda, ldb, ldc int, ta, tb bool, alpha, beta float32) error {
 	return d.launch("sgemm_f32", dim3{(n + 63) / 64, (m + 63) / 64, 1}, blk256, 0, ptr(c), ptr(a), ptr(b),
 		i64(m), i64(n), i64(k), i64(lda), i64(ldb), i64(ldc), i64(b2i(ta)), i64(b2i(tb)),
@@ -210,26 +229,34 @@ const attnWarps = 8
 // attnMaxDh is ATT_DHMAX in attention.cu.
 const attnMaxDh = 128
 
-func (d *Device) attnFwdF32(out, lse, q, k, v, lens cu.DevicePtr, b, s, h, dh int, scale, p, dscale float32, seed uint64) error {
-	return d.launch("attn_fwd_f32", dim3{(s + attnWarps - 1) / attnWarps, h, b}, blk256, 0,
-		ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), ptr(lens), i64(s), i64(h), i64(dh),
+// The attention launchers take the layout as compute.AttentionShape
+// returns it; g.KeyOff tells the kernels where the key lengths are.
+
+func (d *Device) attnFwdF32(out, lse, q, k, v, lens cu.DevicePtr, g compute.AttnShape, scale, p, dscale float32, seed uint64) error {
+	return d.launch("attn_fwd_f32", attnGrid(g), blk256, 0,
+		ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), ptr(lens), i64(g.KeyOff), i64(g.S), i64(g.Heads), i64(g.Dh),
 		f64(float64(scale)), f64(float64(p)), f64(float64(dscale)), u64(seed))
 }
 
-func (d *Device) attnBwdDotF32(delta, dout, out cu.DevicePtr, b, s, h, dh int) error {
-	warps := b * s * h
+func (d *Device) attnBwdDotF32(delta, dout, out cu.DevicePtr, g compute.AttnShape) error {
+	warps := g.B * g.S * g.Heads
 	return d.launch("attn_bwd_dot_f32", dim3{(warps + 7) / 8, 1, 1}, blk256, 0,
-		ptr(delta), ptr(dout), ptr(out), i64(b), i64(s), i64(h), i64(dh))
+		ptr(delta), ptr(dout), ptr(out), i64(g.B), i64(g.S), i64(g.Heads), i64(g.Dh))
 }
 
-func (d *Device) attnBwdDqF32(dq, dout, lse, delta, q, k, v, lens cu.DevicePtr, b, s, h, dh int, scale, p, dscale float32, seed uint64) error {
-	return d.launch("attn_bwd_dq_f32", dim3{(s + attnWarps - 1) / attnWarps, h, b}, blk256, 0,
-		ptr(dq), ptr(dout), ptr(lse), ptr(delta), ptr(q), ptr(k), ptr(v), ptr(lens), i64(s), i64(h), i64(dh),
+func (d *Device) attnBwdDqF32(dq, dout, lse, delta, q, k, v, lens cu.DevicePtr, g compute.AttnShape, scale, p, dscale float32, seed uint64) error {
+	return d.launch("attn_bwd_dq_f32", attnGrid(g), blk256, 0,
+		ptr(dq), ptr(dout), ptr(lse), ptr(delta), ptr(q), ptr(k), ptr(v), ptr(lens), i64(g.KeyOff), i64(g.S), i64(g.Heads), i64(g.Dh),
 		f64(float64(scale)), f64(float64(p)), f64(float64(dscale)), u64(seed))
 }
 
-func (d *Device) attnBwdDkDvF32(dk, dv, dout, lse, delta, q, k, v, lens cu.DevicePtr, b, s, h, dh int, scale, p, dscale float32, seed uint64) error {
-	return d.launch("attn_bwd_dkdv_f32", dim3{(s + attnWarps - 1) / attnWarps, h, b}, blk256, 0,
-		ptr(dk), ptr(dv), ptr(dout), ptr(lse), ptr(delta), ptr(q), ptr(k), ptr(v), ptr(lens), i64(s), i64(h), i64(dh),
+func (d *Device) attnBwdDkDvF32(dk, dv, dout, lse, delta, q, k, v, lens cu.DevicePtr, g compute.AttnShape, scale, p, dscale float32, seed uint64) error {
+	return d.launch("attn_bwd_dkdv_f32", attnGrid(g), blk256, 0,
+		ptr(dk), ptr(dv), ptr(dout), ptr(lse), ptr(delta), ptr(q), ptr(k), ptr(v), ptr(lens), i64(g.KeyOff), i64(g.S), i64(g.Heads), i64(g.Dh),
 		f64(float64(scale)), f64(float64(p)), f64(float64(dscale)), u64(seed))
+}
+
+// attnGrid is one block of attnWarps rows per (row chunk, head, sequence).
+func attnGrid(g compute.AttnShape) dim3 {
+	return dim3{(g.S + attnWarps - 1) / attnWarps, g.Heads, g.B}
 }

@@ -34,7 +34,7 @@ func TestLoadOfficialFP16(t *testing.T) {
 	}
 	be := m.Backend()
 	for _, p := range m.Params.List() {
-		want := g.f32("param/" + p.Name)
+		want := g.F32("param/" + p.Name)
 		for i, v := range be.ToF32(p.W) {
 			if r := float16.Fromfloat32(want[i]).Float32(); v != r {
 				t.Fatalf("%s[%d] = %g, want fp16(%g) = %g", p.Name, i, v, want[i], r)
@@ -46,7 +46,7 @@ func TestLoadOfficialFP16(t *testing.T) {
 	if err := m.Forward(goldenInput(g, cfg, true)); err != nil {
 		t.Fatal(err)
 	}
-	if e := relErr(be.ToF32(m.Pooled()), g.f32("out/pooled")); e > 2e-2 {
+	if e := relErr(be.ToF32(m.Pooled()), g.F32("out/pooled")); e > 2e-2 {
 		t.Errorf("pooled output with fp16 weights: relative error %.3g", e)
 	}
 }
@@ -75,7 +75,7 @@ func TestLoadLegacyBertPrefix(t *testing.T) {
 		if !strings.HasPrefix(p.Name, "uniter.") {
 			continue
 		}
-		want := g.f32("param/" + p.Name)
+		want := g.F32("param/" + p.Name)
 		for i, v := range m.Backend().ToF32(p.W) {
 			if v != want[i] {
 				t.Fatalf("%s[%d] = %g, want %g", p.Name, i, v, want[i])

@@ -51,7 +51,7 @@ func (g *golden) tensor(key string) *ckpt.Tensor {
 	return x
 }
 
-func (g *golden) f32(key string) []float32 { return g.tensor(key).Float }
+func (g *golden) F32(key string) []float32 { return g.tensor(key).Float }
 
 func (g *golden) i32(key string) []int32 {
 	src := g.tensor(key).Int
@@ -153,7 +153,7 @@ func goldenInput(g *golden, cfg Config, masks bool) *Input {
 	in := &Input{
 		B: ids.Shape[0], T: ids.Shape[1], N: feat.Shape[1],
 		InputIDs: g.i32("in/input_ids"), TxtTypeIDs: g.i32("in/txt_type_ids"), TxtLens: g.ints("in/txt_lens"),
-		ImgFeat: g.f32("in/img_feat"), ImgPos: g.f32("in/img_pos_feat"), ImgTypeIDs: g.i32("in/img_type_ids"),
+		ImgFeat: g.F32("in/img_feat"), ImgPos: g.F32("in/img_pos_feat"), ImgTypeIDs: g.i32("in/img_type_ids"),
 		NBB: g.ints("in/num_bbs"), GatherIndex: g.i32("in/gather_index"),
 	}
 	if masks {
@@ -179,34 +179,34 @@ func TestGoldenForwardBackward(t *testing.T) {
 	valid := func(row int) bool { return row%s < lens[row/s] }
 	bt := in.B * in.T
 	emb := be.ToF32(m.emb.t.View(bt+in.B*in.N, h))
-	compareRows(t, "txt_emb", emb[:bt*h], g.f32("out/txt_emb"), h, nil)
-	compareRows(t, "img_emb", emb[bt*h:], g.f32("out/img_emb"), h, nil)
-	compareRows(t, "emb", be.ToF32(m.Embeddings()), g.f32("out/emb"), h, valid)
+	compareRows(t, "txt_emb", emb[:bt*h], g.F32("out/txt_emb"), h, nil)
+	compareRows(t, "img_emb", emb[bt*h:], g.F32("out/img_emb"), h, nil)
+	compareRows(t, "emb", be.ToF32(m.Embeddings()), g.F32("out/emb"), h, valid)
 	for i := 0; i < cfg.NumHiddenLayers; i++ {
 		key := "out/layer_" + string(rune('0'+i))
-		compareRows(t, key, be.ToF32(m.Layer(i)), g.f32(key), h, valid)
+		compareRows(t, key, be.ToF32(m.Layer(i)), g.F32(key), h, valid)
 	}
-	compareRows(t, "pooled", be.ToF32(m.Pooled()), g.f32("out/pooled"), h, nil)
+	compareRows(t, "pooled", be.ToF32(m.Pooled()), g.F32("out/pooled"), h, nil)
 
 	mlmIdx := be.FromI32(g.i32("in/mlm_index"), len(g.i32("in/mlm_index")))
 	mrmIdx := be.FromI32(g.i32("in/mrm_index"), len(g.i32("in/mrm_index")))
-	compareRows(t, "mlm_logits", be.ToF32(heads.MLM(mlmIdx)), g.f32("out/mlm_logits"), cfg.VocabSize, nil)
-	compareRows(t, "mrfr", be.ToF32(heads.MRFR(mrmIdx)), g.f32("out/mrfr"), cfg.ImgDim, nil)
-	compareRows(t, "mrc_logits", be.ToF32(heads.MRC(mrmIdx)), g.f32("out/mrc_logits"), cfg.ImgLabelDim, nil)
-	compareRows(t, "itm_logits", be.ToF32(heads.ITM()), g.f32("out/itm_logits"), 2, nil)
+	compareRows(t, "mlm_logits", be.ToF32(heads.MLM(mlmIdx)), g.F32("out/mlm_logits"), cfg.VocabSize, nil)
+	compareRows(t, "mrfr", be.ToF32(heads.MRFR(mrmIdx)), g.F32("out/mrfr"), cfg.ImgDim, nil)
+	compareRows(t, "mrc_logits", be.ToF32(heads.MRC(mrmIdx)), g.F32("out/mrc_logits"), cfg.ImgLabelDim, nil)
+	compareRows(t, "itm_logits", be.ToF32(heads.ITM()), g.F32("out/itm_logits"), 2, nil)
 
 	// Backward of L = sum <output, R> over the backbone and every head.
-	be.Copy(m.GradSeq(), be.FromF32(g.f32("rand/seq"), in.B*s, h))
-	be.Copy(m.GradPooled(), be.FromF32(g.f32("rand/pool"), in.B, h))
-	heads.MLMBackward(be.FromF32(g.f32("rand/mlm"), mlmIdx.Len(), cfg.VocabSize))
-	heads.MRFRBackward(be.FromF32(g.f32("rand/mrfr"), mrmIdx.Len(), cfg.ImgDim))
-	heads.MRCBackward(be.FromF32(g.f32("rand/mrc"), mrmIdx.Len(), cfg.ImgLabelDim))
-	heads.ITMBackward(be.FromF32(g.f32("rand/itm"), in.B, 2))
+	be.Copy(m.GradSeq(), be.FromF32(g.F32("rand/seq"), in.B*s, h))
+	be.Copy(m.GradPooled(), be.FromF32(g.F32("rand/pool"), in.B, h))
+	heads.MLMBackward(be.FromF32(g.F32("rand/mlm"), mlmIdx.Len(), cfg.VocabSize))
+	heads.MRFRBackward(be.FromF32(g.F32("rand/mrfr"), mrmIdx.Len(), cfg.ImgDim))
+	heads.MRCBackward(be.FromF32(g.F32("rand/mrc"), mrmIdx.Len(), cfg.ImgLabelDim))
+	heads.ITMBackward(be.FromF32(g.F32("rand/itm"), in.B, 2))
 	m.Backward(true)
 	checked := 0
 	for _, name := range m.Params.Names() {
 		p := m.Params.Get(name)
-		want := g.f32("grad/" + name)
+		want := g.F32("grad/" + name)
 		got := be.ToF32(p.G)
 		if strings.HasSuffix(name, "attention.self.key.bias") {
 			// Softmax is invariant to a per-row shift, so this gradient is
@@ -226,7 +226,7 @@ func TestGoldenForwardBackward(t *testing.T) {
 	if n := len(g.prefixed("grad/").Keys); checked < n-1 {
 		t.Errorf("checked %d parameter gradients, golden has %d", checked, n)
 	}
-	compareRows(t, "grad/img_feat", be.ToF32(m.GradImgFeat()), g.f32("grad/img_feat"), cfg.ImgDim, nil)
+	compareRows(t, "grad/img_feat", be.ToF32(m.GradImgFeat()), g.F32("grad/img_feat"), cfg.ImgDim, nil)
 }
 
 // TestGoldenVariants covers the forward without region masks (ITM) and the
@@ -242,22 +242,22 @@ func TestGoldenVariants(t *testing.T) {
 		t.Fatal(err)
 	}
 	s, lens := m.SeqLen(), in.Lens()
-	compareRows(t, "no-mask layer_1", be.ToF32(m.Seq()), g.f32("out2/layer_1"), h, func(r int) bool { return r%s < lens[r/s] })
-	compareRows(t, "no-mask pooled", be.ToF32(m.Pooled()), g.f32("out2/pooled"), h, nil)
+	compareRows(t, "no-mask layer_1", be.ToF32(m.Seq()), g.F32("out2/layer_1"), h, func(r int) bool { return r%s < lens[r/s] })
+	compareRows(t, "no-mask pooled", be.ToF32(m.Pooled()), g.F32("out2/pooled"), h, nil)
 
 	txt := goldenInput(g, cfg, false)
 	txt.ImgFeat, txt.ImgPos, txt.ImgTypeIDs, txt.NBB, txt.GatherIndex = nil, nil, nil, nil, nil
 	if err := m.Forward(txt); err != nil {
 		t.Fatal(err)
 	}
-	compareRows(t, "text-only layer_1", be.ToF32(m.Seq()), g.f32("out3/layer_1"), h, func(r int) bool { return r%txt.T < txt.TxtLens[r/txt.T] })
+	compareRows(t, "text-only layer_1", be.ToF32(m.Seq()), g.F32("out3/layer_1"), h, func(r int) bool { return r%txt.T < txt.TxtLens[r/txt.T] })
 
 	img := goldenInput(g, cfg, false)
 	img.InputIDs, img.TxtTypeIDs, img.TxtLens, img.GatherIndex = nil, nil, nil, nil
 	if err := m.Forward(img); err != nil {
 		t.Fatal(err)
 	}
-	compareRows(t, "image-only layer_1", be.ToF32(m.Seq()), g.f32("out4/layer_1"), h, func(r int) bool { return r%img.N < img.NBB[r/img.N] })
+	compareRows(t, "image-only layer_1", be.ToF32(m.Seq()), g.F32("out4/layer_1"), h, func(r int) bool { return r%img.N < img.NBB[r/img.N] })
 }
 
 // TestGatherIndexSpecExample is the example of reference section 1.5.

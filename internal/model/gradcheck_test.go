@@ -155,7 +155,7 @@ func perturbParams(be compute.Backend, ps *ParamSet, seed uint64) {
 func TestGradLinear(t *testing.T) {
 	be := compute.NewCPU(0)
 	ps := newParamSet(be, 1, 0.5)
-	l := newLinear(ps, "lin", 7, 5)
+	l := NewLinear(ps, "lin", 7, 5)
 	perturbParams(be, ps, 1)
 	x := randTensor(be, 2, 9, 7)
 	dx := be.Alloc(compute.F32, 9, 7)
@@ -163,15 +163,15 @@ func TestGradLinear(t *testing.T) {
 	checkFD(t, be, fdCase{
 		params: ps.List(),
 		inputs: []fdInput{{"x", x, func() *compute.Tensor { return dx }}},
-		fwd:    func() []*compute.Tensor { l.fwd(be, y, x); return []*compute.Tensor{y} },
-		bwd:    func(d []*compute.Tensor) { l.bwd(be, dx, d[0], x, 0) },
+		fwd:    func() []*compute.Tensor { l.Fwd(be, y, x); return []*compute.Tensor{y} },
+		bwd:    func(d []*compute.Tensor) { l.Bwd(be, dx, d[0], x, 0) },
 	})
 }
 
 func TestGradLayerNorm(t *testing.T) {
 	be := compute.NewCPU(0)
 	ps := newParamSet(be, 1, 0.5)
-	l := newLayerNorm(ps, "ln", 11)
+	l := NewLayerNorm(ps, "ln", 11)
 	perturbParams(be, ps, 1)
 	x := randTensor(be, 2, 5, 11)
 	dx := be.Alloc(compute.F32, 5, 11)
@@ -179,23 +179,23 @@ func TestGradLayerNorm(t *testing.T) {
 	checkFD(t, be, fdCase{
 		params: ps.List(),
 		inputs: []fdInput{{"x", x, func() *compute.Tensor { return dx }}},
-		fwd:    func() []*compute.Tensor { l.fwd(be, y, x); return []*compute.Tensor{y} },
-		bwd:    func(d []*compute.Tensor) { l.bwd(be, dx, d[0]) },
+		fwd:    func() []*compute.Tensor { l.Fwd(be, y, x); return []*compute.Tensor{y} },
+		bwd:    func(d []*compute.Tensor) { l.Bwd(be, dx, d[0]) },
 	})
 }
 
 func TestGradMLPHead(t *testing.T) {
 	be := compute.NewCPU(0)
 	ps := newParamSet(be, 1, 0.5)
-	h := newMLPHead(ps, "dense", "ln", 8, 8)
+	h := NewMLP(ps, "dense", "ln", 8, 8)
 	perturbParams(be, ps, 1)
 	x := randTensor(be, 2, 4, 8)
 	dx := be.Alloc(compute.F32, 4, 8)
 	checkFD(t, be, fdCase{
 		params: ps.List(),
 		inputs: []fdInput{{"x", x, func() *compute.Tensor { return dx }}},
-		fwd:    func() []*compute.Tensor { return []*compute.Tensor{h.fwd(be, x)} },
-		bwd:    func(d []*compute.Tensor) { h.bwd(be, dx, d[0]) },
+		fwd:    func() []*compute.Tensor { return []*compute.Tensor{h.Fwd(be, x)} },
+		bwd:    func(d []*compute.Tensor) { h.Bwd(be, dx, d[0]) },
 	})
 }
 
@@ -216,8 +216,8 @@ func TestGradEncoderLayer(t *testing.T) {
 	checkFD(t, be, fdCase{
 		params: ps.List(),
 		inputs: []fdInput{{"x", x, func() *compute.Tensor { return dx }}},
-		fwd:    func() []*compute.Tensor { return []*compute.Tensor{l.fwd(be, x, lens)} },
-		bwd:    func(d []*compute.Tensor) { l.bwd(be, &g, dx, d[0], lens) },
+		fwd:    func() []*compute.Tensor { return []*compute.Tensor{l.Fwd(be, x, lens)} },
+		bwd:    func(d []*compute.Tensor) { l.Bwd(be, &g, dx, d[0], lens) },
 	})
 }
 

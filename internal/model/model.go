@@ -90,17 +90,17 @@ type Model struct {
 	txt    *textEmbeddings
 	img    *imageEmbeddings
 	enc    *encoder
-	pooler *linear
+	pooler *Linear
 
 	// state of the last forward
 	in                   *Input
 	s                    int
 	lens, gidx, firstIdx *compute.Tensor
-	emb, joint, dJoint   slot
+	emb, joint, dJoint   Buf
 	seq                  *compute.Tensor
-	poolPre, pooled      slot
-	dSeq, dPooled, dPool slot
-	dFirst               slot
+	poolPre, pooled      Buf
+	dSeq, dPooled, dPool Buf
+	dFirst               Buf
 	dFeat                *compute.Tensor
 }
 
@@ -115,8 +115,48 @@ func New(be compute.Backend, cfg Config, seed uint64) (*Model, error) {
 	m.txt = newTextEmbeddings(m.Params, &m.run, cfg)
 	m.img = newImageEmbeddings(m.Params, &m.run, cfg, m.txt.typ)
 	m.enc = newEncoder(m.Params, &m.run, cfg)
-	m.pooler = newLinear(m.Params, "uniter.pooler.dense", cfg.HiddenSize, cfg.HiddenSize)
+	m.pooler = NewLinear(m.Params, "uniter.pooler.dense", cfg.HiddenSize, cfg.HiddenSize)
 	return m, nil
+}
+
+// NewDropout is a new dropout site for a head, on the model's train/eval
+// switch and step seed.
+func (m *Model) NewDropout() Dropout { return m.run.newDropout() }
+
+// TypeEmbeddingName is the official key of the token type table, which text
+// and regions share.
+const TypeEmbeddingName = "uniter.embeddings.token_type_embeddings.weight"
+
+// GrowTypeVocab gives the token type table n rows, copying rows: new row i
+// takes the values of row from[i-old] (NLVR2 copies row 1 into row 2; VCR
+// copies row 0 into rows 2 and 3), as the official init_type_embedding does.
+// A table that already has n rows is left as it is.
+func (m *Model) GrowTypeVocab(n int, from []int) error {
+	p := m.Params.Get(TypeEmbeddingName)
+	old := p.Shape[0]
+	if old == n {
+		return nil
+	}
+	if n < old || len(from) != n-old {
+		return fmt.Errorf("token type table: cannot grow %d rows to %d copying rows %v", old, n, from)
+	}
+	for _, r := range from {
+		if r < 0 || r >= old {
+			return fmt.Errorf("token type table: row %d to copy outside the %d rows", r, old)
+		}
+	}
+	src := m.be.ToF32(p.W)
+	h := p.Shape[1]
+	if _, err := m.Params.Resize(TypeEmbeddingName, n, InitNormal); err != nil {
+		return err
+	}
+	host := m.be.ToF32(p.W)
+	for i, r := range from {
+		copy(host[(old+i)*h:(old+i+1)*h], src[r*h:(r+1)*h])
+	}
+	m.be.Copy(p.W, m.be.FromF32(host, n, h))
+	m.Cfg.TypeVocabSize = n
+	return nil
 }
 
 // Backend returns the backend the model runs on.
@@ -232,7 +272,7 @@ func (m *Model) Forward(in *Input) error {
 	if !in.hasText() {
 		bt = 0
 	}
-	emb := m.emb.f32(be, bt+bn, h)
+	emb := m.emb.F32(be, bt+bn, h)
 	if in.hasText() {
 		ids := be.FromI32(in.InputIDs, bt)
 		pos := make([]int32, bt)
@@ -243,7 +283,7 @@ func (m *Model) Forward(in *Input) error {
 		if typ == nil {
 			typ = make([]int32, bt)
 		}
-		m.txt.fwd(be, emb.RowRange(0, bt), ids, be.FromI32(pos, bt), be.FromI32(typ, bt))
+		m.txt.Fwd(be, emb.RowRange(0, bt), ids, be.FromI32(pos, bt), be.FromI32(typ, bt))
 	}
 	if in.hasImage() {
 		typ := in.ImgTypeIDs
@@ -257,31 +297,31 @@ func (m *Model) Forward(in *Input) error {
 		if in.ImgMasks != nil {
 			masks = be.FromI32(in.ImgMasks, bn)
 		}
-		m.img.fwd(be, emb.RowRange(bt, bt+bn), be.FromF32(in.ImgFeat, bn, m.Cfg.ImgDim),
+		m.img.Fwd(be, emb.RowRange(bt, bt+bn), be.FromF32(in.ImgFeat, bn, m.Cfg.ImgDim),
 			be.FromF32(in.ImgPos, bn, ImgPosDim), be.FromI32(typ, bn), masks)
 	}
 
 	x := emb
 	if in.hasText() && in.hasImage() {
-		x = m.joint.f32(be, in.B*m.s, h)
+		x = m.joint.F32(be, in.B*m.s, h)
 		m.gidx = be.FromI32(m.globalGather(in), in.B*m.s)
 		be.Gather(x, emb, m.gidx)
 	}
-	m.seq = m.enc.fwd(be, x, m.lens)
+	m.seq = m.enc.Fwd(be, x, m.lens)
 
 	first := make([]int32, in.B)
 	for b := range first {
 		first[b] = int32(b * m.s)
 	}
 	m.firstIdx = be.FromI32(first, in.B)
-	pre := m.poolPre.f32(be, in.B, h)
+	pre := m.poolPre.F32(be, in.B, h)
 	be.Gather(pre, m.seq, m.firstIdx)
-	pooled := m.pooled.f32(be, in.B, h)
-	m.pooler.fwd(be, pooled, pre)
+	pooled := m.pooled.F32(be, in.B, h)
+	m.pooler.Fwd(be, pooled, pre)
 	be.TanhFwd(pooled, pooled)
 
-	be.Zero(m.dSeq.f32(be, in.B*m.s, h))
-	be.Zero(m.dPooled.f32(be, in.B, h))
+	be.Zero(m.dSeq.F32(be, in.B*m.s, h))
+	be.Zero(m.dPooled.F32(be, in.B, h))
 	return nil
 }
 
@@ -337,13 +377,13 @@ func (m *Model) Backward(wantFeatGrad bool) {
 	dSeq := m.GradSeq()
 
 	pooled := m.Pooled()
-	dPre := m.dPool.f32(be, in.B, h)
+	dPre := m.dPool.F32(be, in.B, h)
 	be.TanhBwd(dPre, pooled, m.GradPooled())
-	dFirst := m.dFirst.f32(be, in.B, h)
-	m.pooler.bwd(be, dFirst, dPre, m.poolPre.f32(be, in.B, h), 0)
+	dFirst := m.dFirst.F32(be, in.B, h)
+	m.pooler.Bwd(be, dFirst, dPre, m.poolPre.F32(be, in.B, h), 0)
 	be.ScatterAdd(dSeq, dFirst, m.firstIdx)
 
-	dx := m.enc.bwd(be, dSeq, m.lens)
+	dx := m.enc.Bwd(be, dSeq, m.lens)
 
 	bt, bn := in.B*in.T, in.B*in.N
 	if !in.hasText() {
@@ -354,16 +394,16 @@ func (m *Model) Backward(wantFeatGrad bool) {
 	}
 	dEmb := dx
 	if in.hasText() && in.hasImage() {
-		dEmb = m.dJoint.f32(be, bt+bn, h)
+		dEmb = m.dJoint.F32(be, bt+bn, h)
 		be.Zero(dEmb)
 		be.ScatterAdd(dEmb, dx, m.gidx)
 	}
 	if in.hasText() {
-		m.txt.bwd(be, dEmb.RowRange(0, bt))
+		m.txt.Bwd(be, dEmb.RowRange(0, bt))
 	}
 	m.dFeat = nil
 	if in.hasImage() {
-		m.dFeat = m.img.bwd(be, dEmb.RowRange(bt, bt+bn), wantFeatGrad)
+		m.dFeat = m.img.Bwd(be, dEmb.RowRange(bt, bt+bn), wantFeatGrad)
 	}
 }
 

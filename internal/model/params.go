@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sort"
 	"strings"
@@ -43,29 +44,42 @@ func newParamSet(be compute.Backend, seed uint64, std float64) *ParamSet {
 	return &ParamSet{be: be, byName: map[string]*Param{}, rng: rand.New(rand.NewPCG(seed, 0x5eed)), std: std}
 }
 
-// init kinds of section 1.2 of the reference.
-type initKind int
+// InitKind is how a new parameter is initialised (reference 1.2).
+type InitKind int
 
 const (
-	initNormal initKind = iota // Linear and Embedding weights ~ N(0, std)
-	initZeros                  // biases, LayerNorm bias
-	initOnes                   // LayerNorm weight
+	InitNormal InitKind = iota // Linear and Embedding weights ~ N(0, std)
+	InitZeros                  // biases, LayerNorm bias
+	InitOnes                   // LayerNorm weight
+	// InitXavierUniform is U(-a, a) with a = sqrt(6/(fan_in+fan_out)) for a
+	// [out, in] weight: torch's MultiheadAttention in_proj_weight, which the
+	// official init_weights leaves alone because it is not a Linear.
+	InitXavierUniform
 )
 
-func (s *ParamSet) add(name string, kind initKind, shape ...int) *Param {
+// Add registers a parameter under its official name, initialised from the
+// set's seeded generator; heads declare their weights through it so that
+// official checkpoints load without renaming. A repeated name panics: it is
+// a programming error, never a data error.
+func (s *ParamSet) Add(name string, kind InitKind, shape ...int) *Param {
 	if _, dup := s.byName[name]; dup {
 		panic("model: duplicate parameter " + name)
 	}
 	n := compute.Numel(shape)
 	host := make([]float32, n)
 	switch kind {
-	case initNormal:
+	case InitNormal:
 		for i := range host {
 			host[i] = float32(s.rng.NormFloat64() * s.std)
 		}
-	case initOnes:
+	case InitOnes:
 		for i := range host {
 			host[i] = 1
+		}
+	case InitXavierUniform:
+		a := math.Sqrt(6 / float64(shape[0]+shape[len(shape)-1]))
+		for i := range host {
+			host[i] = float32((2*s.rng.Float64() - 1) * a)
 		}
 	}
 	p := &Param{Name: name, Shape: shape, W: s.be.FromF32(host, shape...), G: s.be.Alloc(compute.F32, shape...)}
@@ -126,4 +140,36 @@ func (s *ParamSet) Set(name string, shape []int, data []float32) error {
 	}
 	s.be.Copy(p.W, s.be.FromF32(data, shape...))
 	return nil
+}
+
+// Resize gives parameter name a first dimension of rows: the first
+// min(rows, old) rows keep their values, new rows are drawn as kind, and the
+// gradient is reallocated (zero). Tasks that grow an embedding table (NLVR2's
+// third token type, VCR's extra words) call it before the optimizer exists.
+func (s *ParamSet) Resize(name string, rows int, kind InitKind) (*Param, error) {
+	p := s.byName[name]
+	if p == nil {
+		return nil, fmt.Errorf("no parameter %q", name)
+	}
+	if rows <= 0 {
+		return nil, fmt.Errorf("parameter %q: cannot resize to %d rows", name, rows)
+	}
+	shape := append([]int{rows}, p.Shape[1:]...)
+	rowLen := compute.Numel(p.Shape[1:])
+	old := s.be.ToF32(p.W)
+	host := make([]float32, rows*rowLen)
+	keep := min(rows, p.Shape[0]) * rowLen
+	copy(host, old[:keep])
+	for i := keep; i < len(host); i++ {
+		switch kind {
+		case InitNormal:
+			host[i] = float32(s.rng.NormFloat64() * s.std)
+		case InitOnes:
+			host[i] = 1
+		}
+	}
+	p.Shape = shape
+	p.W = s.be.FromF32(host, shape...)
+	p.G = s.be.Alloc(compute.F32, shape...)
+	return p, nil
 }

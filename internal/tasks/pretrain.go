@@ -46,29 +46,6 @@ func ModelInput(b *data.Batch) *model.Input {
 	return in
 }
 
-// Result is what one task step measured on one batch.
-type Result struct {
-	// Loss is the task loss as the reference reduces it (ITM: itm_ce +
-	// OTWeight*ot_loss).
-	Loss float64
-	// Parts holds named components of the loss: "itm_loss", "ot_loss" and,
-	// when the batch has such examples, "ot_pos" and "ot_neg" (mean
-	// distance of matched and mismatched pairs, as the reference logs
-	// them). Nil for single-component tasks.
-	Parts map[string]float64
-	// Correct counts correct predictions (MLM tokens, MRC regions, ITM
-	// examples); 0 for MRFR and MRC-kl.
-	Correct int
-	// Count is the number of predictions: masked tokens, masked regions or
-	// examples.
-	Count int
-	// Examples is the batch size.
-	Examples int
-	// Tokens is the number of real (non-pad) joint positions: text plus
-	// regions.
-	Tokens int
-}
-
 // Pretrain runs the pretraining tasks on a model with pretraining heads.
 type Pretrain struct {
 	// M is the backbone and H its pretraining heads (model.NewPretrainHeads(M)).
@@ -109,11 +86,8 @@ func (p *Pretrain) Step(task string, b *data.Batch, backward bool, gradScale flo
 	if p.M == nil || p.H == nil {
 		return Result{}, fmt.Errorf("%s: pretraining needs a model and its pretraining heads", task)
 	}
-	if b == nil || b.B == 0 {
-		return Result{}, fmt.Errorf("%s: empty batch", task)
-	}
-	if len(b.TxtLens) != b.B || len(b.NBB) != b.B {
-		return Result{}, fmt.Errorf("%s: batch of %d has %d text lengths and %d region counts", task, b.B, len(b.TxtLens), len(b.NBB))
+	if err := checkBatch(b); err != nil {
+		return Result{}, fmt.Errorf("%s: %w", task, err)
 	}
 	res, err := run(b, backward, gradScale)
 	if err != nil {
@@ -125,27 +99,34 @@ func (p *Pretrain) Step(task string, b *data.Batch, backward bool, gradScale flo
 }
 
 // forward runs the backbone on b. Only the region-modelling tasks give the
-// model the region masks (the reference passes img_masks for them alone).
+// model the region masks.
 func (p *Pretrain) forward(b *data.Batch, masks bool) error {
-	in := ModelInput(b)
-	if !masks {
-		in.ImgMasks = nil
-	}
-	if in.InputIDs == nil || in.ImgFeat == nil {
-		return fmt.Errorf("pretraining needs text and regions in every batch (Tmax %d, Nmax %d)", b.Tmax, b.Nmax)
-	}
-	return p.M.Forward(in)
+	return (&backbone{m: p.M, fp16: p.FP16}).forward(b, masks)
 }
 
-// backward propagates what the heads accumulated in GradSeq and GradPooled
-// through the backbone.
-func (p *Pretrain) backward() {
-	if p.FP16 {
-		be := p.M.Backend()
-		be.RoundFP16(p.M.GradSeq())
-		be.RoundFP16(p.M.GradPooled())
+// backward propagates what the heads accumulated through the backbone.
+func (p *Pretrain) backward() { (&backbone{m: p.M, fp16: p.FP16}).backward() }
+
+// Model is the backbone the pretraining heads sit on.
+func (p *Pretrain) Model() *model.Model { return p.M }
+
+// LossUnits is the number of terms a task's loss averages over in batch b:
+// masked tokens (MLM), masked regions (MRFR, MRC, MRC-kl) or examples
+// (ITM, whose WRA term is also divided by the batch size).
+func (p *Pretrain) LossUnits(task string, b *data.Batch) int {
+	switch task {
+	case data.TaskMLM:
+		n := 0
+		for _, l := range b.MLMLabels {
+			if l != -1 {
+				n++
+			}
+		}
+		return n
+	case data.TaskITM:
+		return b.B
 	}
-	p.M.Backward(false)
+	return b.NMasked
 }
 
 // xent is the softmax cross-entropy of logits [n, C] against labels,

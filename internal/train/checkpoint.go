@@ -3,6 +3,7 @@ package train
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -43,14 +44,19 @@ type State struct {
 	// ElapsedS is the training time before this checkpoint, so elapsed_s
 	// continues across resumes.
 	ElapsedS float64 `json:"elapsed_s"`
+	// Exact holds the settings a resume must keep (see checkExact).
+	Exact map[string]string `json:"exact,omitempty"`
+	// Best is the best validation so far (fine-tuning).
+	Best Best `json:"best,omitzero"`
 }
 
 // CheckpointName is the directory name of the checkpoint after step.
 func CheckpointName(step int) string { return fmt.Sprintf("step_%08d", step) }
 
-// SaveCheckpoint writes the checkpoint of st.Step into dir atomically and
-// then deletes all but the newest keep checkpoints. It returns the path.
-func SaveCheckpoint(dir string, m *model.Model, opt *AdamW, st *State, keep int) (string, error) {
+// SaveCheckpoint writes the checkpoint of st.Step into dir atomically, with
+// extra files beside the weights (name -> content), and then deletes all
+// but the newest keep checkpoints. It returns the path.
+func SaveCheckpoint(dir string, m *model.Model, opt *AdamW, st *State, keep int, extra map[string][]byte) (string, error) {
 	final := filepath.Join(dir, CheckpointName(st.Step))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", final, err)
@@ -73,25 +79,83 @@ func SaveCheckpoint(dir string, m *model.Model, opt *AdamW, st *State, keep int)
 	if err := os.WriteFile(filepath.Join(tmp, stateFile), js, 0o644); err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", final, err)
 	}
-	if err := syncTree(tmp); err != nil {
+	if err := writeExtra(tmp, extra); err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", final, err)
 	}
-	// A checkpoint of the same step (a run resumed at its last step) is
-	// replaced only once the new one is complete.
-	old := tmp + ".old"
-	if err := os.Rename(final, old); err != nil && !os.IsNotExist(err) {
-		return "", fmt.Errorf("checkpoint %s: %w", final, err)
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", final, err)
-	}
-	if err := os.RemoveAll(old); err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", final, err)
-	}
-	if err := syncDir(dir); err != nil {
+	if err := replaceDir(tmp, final); err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", final, err)
 	}
 	return final, pruneCheckpoints(dir, keep)
+}
+
+func writeExtra(dir string, extra map[string][]byte) error {
+	for name, b := range extra {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// replaceDir syncs the complete directory tmp and renames it to final. An
+// existing final (a run resumed at its last step, the previous best) is
+// replaced only once the new one is complete.
+func replaceDir(tmp, final string) error {
+	if err := syncTree(tmp); err != nil {
+		return err
+	}
+	old := tmp + ".old"
+	if err := os.Rename(final, old); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(old); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(final))
+}
+
+// BestDir holds the weights of the best validation step of a fine-tuning
+// run, loadable by --checkpoint.
+const BestDir = "best"
+
+// Best is the best validation of a run so far.
+type Best struct {
+	Step   int     `json:"step"`
+	Metric string  `json:"metric"`
+	Value  float64 `json:"value"`
+}
+
+// SaveBest writes the model as dir/best (weights, model.json, extra files
+// and best.json) atomically, replacing the previous best.
+func SaveBest(dir string, m *model.Model, b Best, extra map[string][]byte) (string, error) {
+	final := filepath.Join(dir, BestDir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", final, err)
+	}
+	tmp, err := os.MkdirTemp(dir, ".tmp-"+BestDir+"-")
+	if err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", final, err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := m.Save(tmp); err != nil {
+		return "", err
+	}
+	js, err := json.MarshalIndent(b, "", "  ")
+	if err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", final, err)
+	}
+	files := map[string][]byte{"best.json": js}
+	maps.Copy(files, extra)
+	if err := writeExtra(tmp, files); err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", final, err)
+	}
+	if err := replaceDir(tmp, final); err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", final, err)
+	}
+	return final, nil
 }
 
 // syncTree fsyncs every file of dir and dir itself.

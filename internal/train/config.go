@@ -18,10 +18,14 @@ import (
 	"uniter/internal/model"
 )
 
-// Config is a pretraining run: the keys of the official pretraining configs
-// (config/pretrain-*.json) plus the few this implementation adds
-// (checkpointing, logging, loss-scaler and model-size knobs).
+// Config is a training run, pretraining or fine-tuning: the keys of the
+// official configs (config/pretrain-*.json, config/train-*.json) plus the
+// few this implementation adds (checkpointing, logging, loss-scaler and
+// model-size knobs).
 type Config struct {
+	// Task is what the run trains: "pretrain" or a downstream task (vqa,
+	// ve, nlvr2). The command sets it (uniter finetune --task).
+	Task string `mapstructure:"task" yaml:"task"`
 	// ModelConfig is a preset (base, large, tiny) or an official model JSON.
 	ModelConfig string `mapstructure:"model_config" yaml:"model_config"`
 	// Model overrides single keys of the model config (zero: keep).
@@ -30,8 +34,38 @@ type Config struct {
 	// directory); empty means random initialisation from Seed.
 	Checkpoint string `mapstructure:"checkpoint" yaml:"checkpoint"`
 
-	TrainDatasets []DatasetConfig `mapstructure:"train_datasets" yaml:"train_datasets"`
-	ValDatasets   []DatasetConfig `mapstructure:"val_datasets" yaml:"val_datasets"`
+	// Pretraining data: datasets with their tasks and mix ratios.
+	TrainDatasets []DatasetConfig `mapstructure:"train_datasets" yaml:"train_datasets,omitempty"`
+	ValDatasets   []DatasetConfig `mapstructure:"val_datasets" yaml:"val_datasets,omitempty"`
+
+	// Fine-tuning data, as the official train-*.json name it: VQA lists
+	// train_txt_dbs/train_img_dbs (concatenated), the others one
+	// train_txt_db/train_img_db; validation on val_*, and test_* (when
+	// given) evaluated alongside.
+	TrainTxtDBs []string `mapstructure:"train_txt_dbs" yaml:"train_txt_dbs,omitempty"`
+	TrainImgDBs []string `mapstructure:"train_img_dbs" yaml:"train_img_dbs,omitempty"`
+	TrainTxtDB  []string `mapstructure:"train_txt_db" yaml:"-"`
+	TrainImgDB  []string `mapstructure:"train_img_db" yaml:"-"`
+	ValTxtDB    string   `mapstructure:"val_txt_db" yaml:"val_txt_db,omitempty"`
+	ValImgDB    string   `mapstructure:"val_img_db" yaml:"val_img_db,omitempty"`
+	TestTxtDB   string   `mapstructure:"test_txt_db" yaml:"test_txt_db,omitempty"`
+	TestImgDB   string   `mapstructure:"test_img_db" yaml:"test_img_db,omitempty"`
+	// Ans2Label is the VQA answer vocabulary file (empty: the one beside
+	// the checkpoint, else the official 3129 answers).
+	Ans2Label string `mapstructure:"ans2label" yaml:"ans2label,omitempty"`
+	// Variant is the NLVR2 model, the official configs' string "model":
+	// paired-attn, paired or triplet.
+	Variant string `mapstructure:"variant" yaml:"variant,omitempty"`
+	// UseImgType gives NLVR2's right image the third token type.
+	UseImgType bool `mapstructure:"use_img_type" yaml:"use_img_type"`
+	// Optim is the optimizer; the official configs all say adamw, the only
+	// one implemented.
+	Optim string `mapstructure:"optim" yaml:"optim"`
+	// PinMem and CompressedDB are accepted for the official configs: host
+	// memory is not pinned by hand here, and the img_db reader finds a
+	// _compressed sub-directory by itself.
+	PinMem       bool `mapstructure:"pin_mem" yaml:"pin_mem,omitempty"`
+	CompressedDB bool `mapstructure:"compressed_db" yaml:"compressed_db,omitempty"`
 
 	// TrainBatchSize and ValBatchSize are token budgets (padded tokens per
 	// micro-batch), as the official batch_size of the TokenBucketSampler.
@@ -74,6 +108,10 @@ type Config struct {
 	NWorkers   int    `mapstructure:"n_workers" yaml:"n_workers"`
 	// OutputDir holds ckpt/ and log/ (the --output flag overrides it).
 	OutputDir string `mapstructure:"output_dir" yaml:"output_dir"`
+
+	// Warnings name keys of the file that this task does not use (keys of
+	// another task's official config); the command prints them.
+	Warnings []string `mapstructure:"-" yaml:"-"`
 }
 
 // ModelOverrides replace keys of the model config named by ModelConfig, so
@@ -102,10 +140,32 @@ type DatasetConfig struct {
 	MixRatio []int    `mapstructure:"mix_ratio" yaml:"mix_ratio,omitempty"`
 }
 
+// TaskPretrain is Config.Task of a pretraining run.
+const TaskPretrain = "pretrain"
+
 // DefaultConfig holds the official defaults of pretrain.py's arguments and
 // of the shipped base configs.
-func DefaultConfig() Config {
+func DefaultConfig() Config { return DefaultConfigFor(TaskPretrain) }
+
+// DefaultConfigFor holds the defaults of task's official training script
+// where they differ from pretraining's: fine-tuning clips at 2.0, and VQA
+// multiplies the head's learning rate by 10.
+func DefaultConfigFor(task string) Config {
+	c := defaultPretrain()
+	c.Task = task
+	if task != TaskPretrain {
+		c.GradNorm = 2.0
+		c.UseImgType = true
+		if task == "vqa" {
+			c.LRMul = 10
+		}
+	}
+	return c
+}
+
+func defaultPretrain() Config {
 	return Config{
+		Optim:          "adamw",
 		ModelConfig:    "base",
 		TrainBatchSize: 4096, ValBatchSize: 4096, GradientAccumulationSteps: 1,
 		LearningRate: 5e-5, LRMul: 1, NumTrainSteps: 100000, WarmupSteps: 10000,
@@ -120,25 +180,58 @@ func DefaultConfig() Config {
 // AdamEps is the reference's Adam epsilon (not configurable there either).
 const AdamEps = 1e-6
 
-// SetDefaults registers every key's default in v so that UNITER_* environment
-// variables and --set apply to keys the file does not mention.
-func SetDefaults(v *viper.Viper) {
+// SetDefaults registers every key's default for task in v so that UNITER_*
+// environment variables and --set apply to keys the file does not mention.
+func SetDefaults(v *viper.Viper, task string) {
 	var m map[string]any
-	d := DefaultConfig()
+	d := DefaultConfigFor(task)
 	_ = mapstructure.Decode(d, &m)
 	for k, val := range m {
-		if k == "model" || k == "train_datasets" || k == "val_datasets" {
+		if _, list := val.([]string); list || k == "model" || k == "train_datasets" || k == "val_datasets" || k == "task" {
 			continue
 		}
 		v.SetDefault(k, val)
 	}
 }
 
+// taskKeys are the keys only one kind of run reads. The other kind accepts
+// them with a warning, so an official config of another task still loads.
+var (
+	pretrainKeys = []string{"train_datasets", "val_datasets", "mrm_prob", "itm_neg_prob", "itm_ot_lambda"}
+	finetuneKeys = []string{"train_txt_dbs", "train_img_dbs", "train_txt_db", "train_img_db", "val_txt_db",
+		"val_img_db", "test_txt_db", "test_img_db", "ans2label", "variant", "use_img_type"}
+	// taskOnlyKeys are used by one downstream task alone.
+	taskOnlyKeys = map[string][]string{"vqa": {"ans2label"}, "nlvr2": {"variant", "use_img_type"}}
+)
+
+// unusedKeys lists the keys of settings that task does not read.
+func unusedKeys(task string, settings map[string]any) []string {
+	var out []string
+	foreign := finetuneKeys
+	if task != TaskPretrain {
+		foreign = pretrainKeys
+	}
+	for k := range settings {
+		if slices.Contains(foreign, k) {
+			out = append(out, k)
+			continue
+		}
+		for owner, keys := range taskOnlyKeys {
+			if owner != task && task != TaskPretrain && slices.Contains(keys, k) {
+				out = append(out, k)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // DecodeConfig reads the merged settings of v (file, environment, --set)
-// into a Config and validates it. Unknown keys are an error, so a typo does
-// not silently fall back to a default.
-func DecodeConfig(v *viper.Viper) (*Config, error) {
-	c := DefaultConfig()
+// into a Config of task and validates it. Unknown keys are an error, so a
+// typo does not silently fall back to a default; keys of another task's
+// official config are dropped with a warning (Config.Warnings).
+func DecodeConfig(v *viper.Viper, task string) (*Config, error) {
+	c := DefaultConfigFor(task)
 	dc := &mapstructure.DecoderConfig{
 		Result:           &c,
 		WeaklyTypedInput: true,
@@ -152,11 +245,29 @@ func DecodeConfig(v *viper.Viper) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	settings := v.AllSettings()
+	// NLVR2's official configs name the variant "model", which pretraining
+	// configs use for model-config overrides (a map).
+	if variant, ok := settings["model"].(string); ok {
+		settings["variant"] = variant
+		delete(settings, "model")
+	}
+	unused := unusedKeys(task, settings)
+	for _, k := range unused {
+		delete(settings, k)
+	}
+	if len(unused) > 0 {
+		c.Warnings = append(c.Warnings, fmt.Sprintf("config: keys not used by %s ignored: %s", taskLabel(task), strings.Join(unused, ", ")))
+	}
+	settings["task"] = task
 	// The file's lists replace the defaults instead of merging into them.
 	c.Betas = nil
-	if err := dec.Decode(v.AllSettings()); err != nil {
+	if err := dec.Decode(settings); err != nil {
 		return nil, decodeError(err)
 	}
+	c.TrainTxtDBs = append(c.TrainTxtDBs, c.TrainTxtDB...)
+	c.TrainImgDBs = append(c.TrainImgDBs, c.TrainImgDB...)
+	c.TrainTxtDB, c.TrainImgDB = nil, nil
 	if c.Betas == nil {
 		c.Betas = DefaultConfig().Betas
 	}
@@ -172,6 +283,14 @@ func DecodeConfig(v *viper.Viper) (*Config, error) {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// taskLabel names a run kind in messages.
+func taskLabel(task string) string {
+	if task == TaskPretrain {
+		return "pretrain"
+	}
+	return "finetune --task " + task
 }
 
 // decodeError turns mapstructure's multi-line report into one sentence
@@ -308,14 +427,21 @@ func (c *Config) Validate() error {
 		return bad("conf_th", c.ConfTh, "must be in [0, 1) or -1 (fixed num_bb)")
 	case c.MinBB > c.MaxBB:
 		return bad("min_bb", c.MinBB, fmt.Sprintf("exceeds max_bb %d", c.MaxBB))
-	case !(c.MRMProb > 0 && c.MRMProb < 1):
-		return bad("mrm_prob", c.MRMProb, "must be in (0, 1)")
-	case !(c.ITMNegProb > 0 && c.ITMNegProb < 1):
-		return bad("itm_neg_prob", c.ITMNegProb, "must be in (0, 1)")
-	case !(c.ITMOTLambda >= 0):
-		return bad("itm_ot_lambda", c.ITMOTLambda, "must be >= 0")
 	case !(c.LossScale >= 1) || math.IsInf(c.LossScale, 0):
 		return bad("loss_scale", c.LossScale, "must be >= 1")
+	case c.Optim != "adamw":
+		return bad("optim", c.Optim, "only adamw is implemented (every official config uses it)")
+	}
+	if c.Task != TaskPretrain {
+		return c.validateFinetune()
+	}
+	switch {
+	case !(c.MRMProb > 0 && c.MRMProb < 1):
+		return bad("mrm_prob", c.MRMProb, "must be in (0, 1)")
+	case !(c.ITMNegProb >= 0 && c.ITMNegProb < 1):
+		return bad("itm_neg_prob", c.ITMNegProb, "must be in [0, 1)")
+	case !(c.ITMOTLambda >= 0):
+		return bad("itm_ot_lambda", c.ITMOTLambda, "must be >= 0")
 	case len(c.TrainDatasets) == 0:
 		return bad("train_datasets", "[]", "need at least one dataset")
 	}
@@ -323,6 +449,35 @@ func (c *Config) Validate() error {
 		return err
 	}
 	return validateDatasets("val_datasets", c.ValDatasets, false)
+}
+
+// FinetuneTasks are the downstream tasks uniter finetune trains.
+var FinetuneTasks = []string{"vqa", "ve", "nlvr2"}
+
+// validateFinetune checks the keys of a fine-tuning run.
+func (c *Config) validateFinetune() error {
+	bad := func(key string, v any, why string) error {
+		return fmt.Errorf("config: %s = %v: %s", key, v, why)
+	}
+	switch {
+	case !slices.Contains(FinetuneTasks, c.Task):
+		return bad("task", c.Task, "want one of "+strings.Join(FinetuneTasks, ", "))
+	case len(c.TrainTxtDBs) == 0:
+		return bad("train_txt_db", "[]", "name the training txt_db (train_txt_dbs for several)")
+	case len(c.TrainTxtDBs) != len(c.TrainImgDBs):
+		return bad("train_img_db", c.TrainImgDBs, fmt.Sprintf("want one img_db per txt_db (%d)", len(c.TrainTxtDBs)))
+	case (c.ValTxtDB == "") != (c.ValImgDB == ""):
+		return bad("val_img_db", c.ValImgDB, "val_txt_db and val_img_db go together")
+	case (c.TestTxtDB == "") != (c.TestImgDB == ""):
+		return bad("test_img_db", c.TestImgDB, "test_txt_db and test_img_db go together")
+	}
+	if c.Task == "nlvr2" && c.Variant == "" {
+		c.Variant = "paired-attn"
+	}
+	if c.Task == "nlvr2" && !slices.Contains([]string{"paired-attn", "paired", "triplet"}, c.Variant) {
+		return bad("model", c.Variant, "want paired-attn, paired or triplet")
+	}
+	return nil
 }
 
 // TaskNames are the pretraining tasks a dataset may list.

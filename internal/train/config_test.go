@@ -11,14 +11,14 @@ import (
 func decodeWith(t *testing.T, path string, sets map[string]any) (*Config, error) {
 	t.Helper()
 	v := viper.New()
-	SetDefaults(v)
+	SetDefaults(v, TaskPretrain)
 	if err := ReadConfigFile(v, path); err != nil {
 		t.Fatal(err)
 	}
 	for k, val := range sets {
 		v.Set(k, val)
 	}
-	return DecodeConfig(v)
+	return DecodeConfig(v, TaskPretrain)
 }
 
 // TestShippedConfigs loads every config of configs/ and checks the numbers
@@ -109,7 +109,7 @@ func TestConfigOverrides(t *testing.T) {
 	v := viper.New()
 	v.SetEnvPrefix("UNITER")
 	v.AutomaticEnv()
-	SetDefaults(v)
+	SetDefaults(v, TaskPretrain)
 	if err := ReadConfigFile(v, filepath.Join("..", "..", "configs", "demo.yaml")); err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +117,7 @@ func TestConfigOverrides(t *testing.T) {
 	v.Set("model.hidden_size", "64")
 	v.Set("fp16", "true")
 	v.Set("train_datasets", []any{map[string]any{"name": "coco", "db": []any{"/txt/a.db"}, "img": []any{"/img/a"}, "tasks": []any{"mlm"}, "mix_ratio": []any{3}}})
-	cfg, err := DecodeConfig(v)
+	cfg, err := DecodeConfig(v, TaskPretrain)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,12 +132,12 @@ func TestConfigOverrides(t *testing.T) {
 		t.Errorf("resolved model %+v, %v", mc, err)
 	}
 	back := viper.New()
-	SetDefaults(back)
+	SetDefaults(back, TaskPretrain)
 	back.SetConfigType("yaml")
 	if err := back.ReadConfig(strings.NewReader(string(cfg.YAML()))); err != nil {
 		t.Fatal(err)
 	}
-	again, err := DecodeConfig(back)
+	again, err := DecodeConfig(back, TaskPretrain)
 	if err != nil {
 		t.Fatalf("log/config.yaml does not load back: %v", err)
 	}

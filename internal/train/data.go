@@ -7,15 +7,19 @@ import (
 
 	"uniter/internal/data"
 	"uniter/internal/db"
+	"uniter/internal/tasks"
 )
 
 // Dataset is what the trainer and the evaluator read a task's batches
-// from: *data.PretrainSet, or several of them concatenated.
-type Dataset interface {
-	// Lens are the sampler lengths of a task's epoch.
-	Lens(task string, epoch int) ([]int, error)
-	// Build decodes and collates one batch of a task.
-	Build(task string) data.BuildFunc[*data.Batch]
+// from: a set of the data package, or several concatenated.
+type Dataset = tasks.Dataset
+
+// member is one dataset of a concatenation with how to read its example i
+// as batch rows.
+type member struct {
+	Dataset
+	n    int
+	rows func(key string, epoch, i int) ([]*data.Example, error)
 }
 
 // concatSet joins the (txt_db, img_db) pairs of one configured dataset
@@ -23,15 +27,26 @@ type Dataset interface {
 // sampler mixes their examples, and each example is built by its own set
 // (ITM negatives are drawn within that set's images).
 type concatSet struct {
-	sets   []*data.PretrainSet
-	starts []int // index of each set's first example
-	imgDim int
+	sets       []member
+	starts     []int // index of each set's first example
+	imgDim     int
+	perExample int
 }
 
-func (c *concatSet) Lens(task string, epoch int) ([]int, error) {
+func newConcat(sets []member, imgDim, perExample int) *concatSet {
+	c := &concatSet{sets: sets, imgDim: imgDim, perExample: perExample}
+	n := 0
+	for _, s := range sets {
+		c.starts = append(c.starts, n)
+		n += s.n
+	}
+	return c
+}
+
+func (c *concatSet) Lens(key string, epoch int) ([]int, error) {
 	var lens []int
 	for _, s := range c.sets {
-		l, err := s.Lens(task, epoch)
+		l, err := s.Lens(key, epoch)
 		if err != nil {
 			return nil, err
 		}
@@ -40,21 +55,21 @@ func (c *concatSet) Lens(task string, epoch int) ([]int, error) {
 	return lens, nil
 }
 
-func (c *concatSet) Build(task string) data.BuildFunc[*data.Batch] {
+func (c *concatSet) Build(key string) data.BuildFunc[*data.Batch] {
 	return func(ctx context.Context, j data.Job) (*data.Batch, error) {
-		exs := make([]*data.Example, len(j.Indices))
-		for k, i := range j.Indices {
+		var exs []*data.Example
+		for _, i := range j.Indices {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
 			s := sort.Search(len(c.starts), func(n int) bool { return c.starts[n] > i }) - 1
-			ex, err := c.sets[s].Example(task, j.Pos.Epoch, i-c.starts[s])
+			rows, err := c.sets[s].rows(key, j.Pos.Epoch, i-c.starts[s])
 			if err != nil {
 				return nil, err
 			}
-			exs[k] = ex
+			exs = append(exs, rows...)
 		}
-		return data.Collate(exs, c.imgDim)
+		return data.CollateRows(exs, c.imgDim, c.perExample)
 	}
 }
 
@@ -113,16 +128,14 @@ func OpenDataset(c *DBs, txtDirs, imgDirs []string, opts data.PretrainOptions, v
 	if len(txtDirs) != len(imgDirs) || len(txtDirs) == 0 {
 		return nil, fmt.Errorf("dataset: %d txt_dbs and %d img_dbs, want matching non-empty lists", len(txtDirs), len(imgDirs))
 	}
-	cs := &concatSet{imgDim: opts.ImgDim}
-	n := 0
+	var sets []member
 	for i, dir := range txtDirs {
 		txt, err := c.Txt(dir)
 		if err != nil {
 			return nil, err
 		}
-		if m := txt.Meta(); m.VRange[1] > vocabSize || max(m.CLS, m.SEP, m.MASK, m.UNK) >= vocabSize {
-			return nil, fmt.Errorf("txt_db %s: vocabulary of %d ids (meta.json v_range %v) does not fit the model's vocab_size %d",
-				dir, max(m.VRange[1], m.CLS+1, m.SEP+1, m.MASK+1), m.VRange, vocabSize)
+		if err := checkVocab(txt.Meta(), dir, vocabSize); err != nil {
+			return nil, err
 		}
 		img, err := c.Img(imgDirs[i])
 		if err != nil {
@@ -135,9 +148,19 @@ func OpenDataset(c *DBs, txtDirs, imgDirs []string, opts data.PretrainOptions, v
 		if len(txtDirs) == 1 {
 			return set, nil
 		}
-		cs.sets = append(cs.sets, set)
-		cs.starts = append(cs.starts, n)
-		n += set.Len()
+		sets = append(sets, member{Dataset: set, n: set.Len(), rows: func(key string, epoch, i int) ([]*data.Example, error) {
+			ex, err := set.Example(key, epoch, i)
+			return []*data.Example{ex}, err
+		}})
 	}
-	return cs, nil
+	return newConcat(sets, opts.ImgDim, 1), nil
+}
+
+// checkVocab rejects a txt_db whose token ids do not fit the model.
+func checkVocab(m db.Meta, dir string, vocabSize int) error {
+	if m.VRange[1] > vocabSize || max(m.CLS, m.SEP, m.MASK, m.UNK) >= vocabSize {
+		return fmt.Errorf("txt_db %s: vocabulary of %d ids (meta.json v_range %v) does not fit the model's vocab_size %d",
+			dir, max(m.VRange[1], m.CLS+1, m.SEP+1, m.MASK+1), m.VRange, vocabSize)
+	}
+	return nil
 }

@@ -19,6 +19,51 @@ type EvalOptions struct {
 	Budget int
 	// Workers decode batches ahead of the model.
 	Workers int
+	// KeepLogits keeps every example's logits on the host (--save-logits).
+	KeepLogits bool
+	// Progress, when set, is called after each batch with the examples
+	// done and the total.
+	Progress func(done, total int)
+}
+
+// EvaluateDownstream runs a downstream task over every example of ds in
+// evaluation mode, in the order of the dataset: uniter eval and the
+// validation of uniter finetune are this function.
+func EvaluateDownstream(ctx context.Context, task tasks.Downstream, ds Dataset, o EvalOptions) (*tasks.Eval, error) {
+	key := task.Name()
+	lens, err := ds.Lens(key, 0)
+	if err != nil {
+		return nil, err
+	}
+	batches, err := data.SequentialBatches(lens, o.Budget, 0)
+	if err != nil {
+		return nil, err
+	}
+	loader := data.NewLoader(ctx, data.NewSliceSource(batches), ds.Build(key), o.Workers, 2*max(o.Workers, 1))
+	defer loader.Close()
+	task.Model().SetTrain(false)
+	ev := &tasks.Eval{KeepLogits: o.KeepLogits}
+	for {
+		b, _, err := loader.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		res, err := task.Step(key, b, false, 1)
+		if err == nil {
+			err = ev.Add(task, b, res)
+		}
+		b.Release()
+		if err != nil {
+			return nil, err
+		}
+		if o.Progress != nil {
+			o.Progress(len(ev.IDs), len(lens))
+		}
+	}
+	return ev, nil
 }
 
 // EvaluateTask runs task over every example of ds (epoch 0: the masks and

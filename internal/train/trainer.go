@@ -1,8 +1,10 @@
-// Package train is UNITER pretraining: the reference's AdamW and
-// warmup-linear schedule, dynamic loss scaling (one scaler per task key),
-// gradient accumulation with one task per optimizer update, global-norm
-// clipping, validation, metrics and plots, and checkpoints from which a
-// run resumes exactly where it stopped.
+// Package train is the one training loop of UNITER, for pretraining and
+// for every downstream task: the reference's AdamW and warmup-linear
+// schedule, dynamic loss scaling (one scaler per task key), gradient
+// accumulation with one task per optimizer update, global-norm clipping,
+// validation (the code of uniter eval), metrics and plots, the best
+// checkpoint by the task's metric, and checkpoints from which a run
+// resumes exactly where it stopped.
 package train
 
 import (
@@ -19,6 +21,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"uniter/internal/atomicfile"
+	"uniter/internal/ckpt"
 	"uniter/internal/compute"
 	"uniter/internal/data"
 	"uniter/internal/model"
@@ -49,16 +52,21 @@ type Options struct {
 	Log io.Writer
 }
 
-// Trainer is one pretraining run.
+// Trainer is one training run: pretraining or fine-tuning.
 type Trainer struct {
 	cfg  *Config
 	opts Options
 	be   compute.Backend
 	mc   model.Config
+	lock *dirLock
 
-	m   *model.Model
-	pt  *tasks.Pretrain
-	upd *Updater
+	m    *model.Model
+	task tasks.Task
+	pt   *tasks.Pretrain  // pretraining runs
+	down tasks.Downstream // fine-tuning runs
+	upd  *Updater
+	// ckptFiles are written into every checkpoint (VQA: ans2label.json).
+	ckptFiles map[string][]byte
 
 	keys   []string          // task keys {task}_{name}, config order
 	taskOf map[string]string // key -> task
@@ -68,7 +76,9 @@ type Trainer struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	loader map[string]*data.Loader[*data.Batch]
-	val    []valSet
+	val    []valSet    // pretraining validation
+	splits []evalSplit // fine-tuning validation
+	best   Best
 
 	step      int
 	positions map[string]data.Position
@@ -93,12 +103,13 @@ const (
 	LogDir  = "log"
 )
 
-// New prepares a run: resolves the model, opens the data, initialises or
-// restores every piece of state, and writes log/config.yaml and
-// log/model.json.
+// New prepares a run: locks the output directory, resolves the model,
+// opens the data, initialises or restores every piece of state, and writes
+// log/config.yaml and log/model.json.
 func New(cfg *Config, o Options) (*Trainer, error) {
+	name := cmdName(cfg)
 	if o.Output == "" {
-		return nil, fmt.Errorf("pretrain: no output directory (--output or output_dir)")
+		return nil, fmt.Errorf("%s: no output directory (--output or output_dir)", name)
 	}
 	if o.Log == nil {
 		o.Log = io.Discard
@@ -116,6 +127,9 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 			t.Close()
 		}
 	}()
+	if t.lock, err = lockDir(o.Output, name); err != nil {
+		return nil, err
+	}
 
 	var resumeFrom string
 	ckptDir := filepath.Join(o.Output, CkptDir)
@@ -127,15 +141,25 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 	case o.Resume && latest != "":
 		resumeFrom = latest
 	case o.Resume:
-		fmt.Fprintf(o.Log, "pretrain: no checkpoint in %s, starting from step 0\n", ckptDir)
+		fmt.Fprintf(o.Log, "%s: no checkpoint in %s, starting from step 0\n", name, ckptDir)
 	case latest != "":
-		return nil, fmt.Errorf("pretrain: %s already holds checkpoint %s: pass --resume to continue it or choose another --output", o.Output, filepath.Base(latest))
+		return nil, fmt.Errorf("%s: %s already holds checkpoint %s: pass --resume to continue it or choose another --output", name, o.Output, filepath.Base(latest))
 	}
 
-	if err := t.buildModel(resumeFrom); err != nil {
+	if cfg.Task == TaskPretrain {
+		err = t.buildPretrain(resumeFrom)
+	} else {
+		err = t.buildDownstream(resumeFrom)
+	}
+	if err != nil {
 		return nil, err
 	}
-	if err := t.openData(); err != nil {
+	if cfg.Task == TaskPretrain {
+		err = t.openData()
+	} else {
+		err = t.openDownstreamData()
+	}
+	if err != nil {
 		return nil, err
 	}
 	if resumeFrom != "" {
@@ -146,13 +170,13 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 	t.startLoaders()
 	logDir := filepath.Join(o.Output, LogDir)
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return nil, fmt.Errorf("pretrain: %w", err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	if err := atomicfile.WriteFile(filepath.Join(logDir, "config.yaml"), cfg.YAML()); err != nil {
-		return nil, fmt.Errorf("pretrain: log/config.yaml: %w", err)
+		return nil, fmt.Errorf("%s: log/config.yaml: %w", name, err)
 	}
-	if err := atomicfile.WriteFile(filepath.Join(logDir, "model.json"), mc.JSON()); err != nil {
-		return nil, fmt.Errorf("pretrain: log/model.json: %w", err)
+	if err := atomicfile.WriteFile(filepath.Join(logDir, "model.json"), t.m.Cfg.JSON()); err != nil {
+		return nil, fmt.Errorf("%s: log/model.json: %w", name, err)
 	}
 	if t.metrics, err = openMetrics(filepath.Join(logDir, "metrics.jsonl"), t.step, resumeFrom != ""); err != nil {
 		return nil, err
@@ -162,44 +186,67 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 	return t, nil
 }
 
-// buildModel creates the model with its pretraining heads, from the
+// buildPretrain creates the model with its pretraining heads, from the
 // checkpoint being resumed, the configured init checkpoint, or the seed.
-func (t *Trainer) buildModel(resumeFrom string) error {
+func (t *Trainer) buildPretrain(resumeFrom string) error {
 	m, err := model.New(t.be, t.mc, t.cfg.Seed)
 	if err != nil {
 		return err
 	}
 	heads := model.NewPretrainHeads(m)
+	t.m = m
+	t.pt = &tasks.Pretrain{M: m, H: heads, OTWeight: t.cfg.ITMOTLambda, FP16: t.cfg.FP16}
+	t.task = t.pt
+	t.newUpdater()
+	src, sd, err := t.initCheckpoint(resumeFrom)
+	if err != nil || sd == nil {
+		return err
+	}
+	load := m.LoadStateDict
+	if resumeFrom == "" {
+		load = m.LoadInitStateDict
+	}
+	rep, err := load(sd, src)
+	if err != nil {
+		return err
+	}
+	t.logLoad(src, rep)
+	return nil
+}
+
+// initCheckpoint reads the weights a run starts from: the checkpoint being
+// resumed, else the configured one; nil without either.
+func (t *Trainer) initCheckpoint(resumeFrom string) (string, *ckpt.StateDict, error) {
 	src := resumeFrom
 	if src == "" {
 		src = t.cfg.Checkpoint
 	}
-	if src != "" {
-		sd, _, err := model.ReadCheckpoint(src)
-		if err != nil {
-			return err
-		}
-		load := m.LoadStateDict
-		if resumeFrom == "" {
-			load = m.LoadInitStateDict
-		}
-		rep, err := load(sd, src)
-		if err != nil {
-			return err
-		}
-		line := rep.String()
-		if line == "" {
-			line = "all parameters loaded"
-		}
-		fmt.Fprintf(t.opts.Log, "uniter: checkpoint %s: %s\n", src, line)
+	if src == "" {
+		return "", nil, nil
 	}
-	t.m = m
-	t.pt = &tasks.Pretrain{M: m, H: heads, OTWeight: t.cfg.ITMOTLambda, FP16: t.cfg.FP16}
+	sd, _, err := model.ReadCheckpoint(src)
+	return src, sd, err
+}
+
+func (t *Trainer) logLoad(src string, rep model.LoadReport) {
+	if src == "" {
+		fmt.Fprintf(t.opts.Log, "uniter: no checkpoint: model initialised from seed %d\n", t.cfg.Seed)
+		return
+	}
+	line := rep.String()
+	if line == "" {
+		line = "all parameters loaded"
+	}
+	fmt.Fprintf(t.opts.Log, "uniter: checkpoint %s: %s\n", src, line)
+}
+
+// newUpdater creates the optimizer and updater over the model's parameters
+// (after any model surgery, so the moments have the final shapes).
+func (t *Trainer) newUpdater() {
 	c := t.cfg
-	opt := NewAdamW(t.be, m.Params.List(), AdamWOptions{Beta1: c.Betas[0], Beta2: c.Betas[1], Eps: AdamEps,
+	opt := NewAdamW(t.be, t.m.Params.List(), AdamWOptions{Beta1: c.Betas[0], Beta2: c.Betas[1], Eps: AdamEps,
 		WeightDecay: c.WeightDecay, LRMul: c.LRMul})
-	t.upd = NewUpdater(t.be, m.Params.List(), opt, c.GradNorm, c.FP16, c.LossScale, c.LossScaleWindow)
-	return nil
+	t.upd = NewUpdater(t.be, t.m.Params.List(), opt, c.GradNorm, c.FP16, c.LossScale, c.LossScaleWindow)
 }
 
 // openData opens every training and validation dataset and the task mixer.
@@ -245,12 +292,17 @@ func (t *Trainer) restore(path string) error {
 	if err != nil {
 		return err
 	}
+	name := cmdName(t.cfg)
 	if st.Seed != t.cfg.Seed {
-		return fmt.Errorf("pretrain --resume: config seed = %d, checkpoint %s was trained with seed %d", t.cfg.Seed, path, st.Seed)
+		return fmt.Errorf("%s --resume: config seed = %d, checkpoint %s was trained with seed %d", name, t.cfg.Seed, path, st.Seed)
 	}
 	if strings.Join(st.TaskKeys, ",") != strings.Join(t.keys, ",") {
-		return fmt.Errorf("pretrain --resume: config task keys %v differ from checkpoint %s's %v", t.keys, path, st.TaskKeys)
+		return fmt.Errorf("%s --resume: config task keys %v differ from checkpoint %s's %v", name, t.keys, path, st.TaskKeys)
 	}
+	if err := checkExact(st.Exact, t.exactKeys(), name, path); err != nil {
+		return err
+	}
+	t.best = st.Best
 	if err := LoadOptimizer(path, t.upd.Opt, st.AdamSteps); err != nil {
 		return err
 	}
@@ -259,7 +311,7 @@ func (t *Trainer) restore(path string) error {
 	for k, p := range st.Positions {
 		t.positions[k] = p
 	}
-	fmt.Fprintf(t.opts.Log, "pretrain: resuming from %s (step %d)\n", path, st.Step)
+	fmt.Fprintf(t.opts.Log, "%s: resuming from %s (step %d)\n", name, path, st.Step)
 	return nil
 }
 
@@ -279,7 +331,8 @@ func (t *Trainer) startLoaders() {
 	}
 }
 
-// Close stops the loaders and closes the dbs and the metrics file.
+// Close stops the loaders, closes the dbs and the metrics file and unlocks
+// the output directory.
 func (t *Trainer) Close() {
 	t.cancel()
 	for _, l := range t.loader {
@@ -291,6 +344,7 @@ func (t *Trainer) Close() {
 	if t.metrics != nil {
 		t.metrics.Close()
 	}
+	t.lock.release()
 }
 
 // Step is the last optimizer step taken.
@@ -327,10 +381,16 @@ func (t *Trainer) Run(ctx context.Context) error {
 		)
 		_ = bar.Set(t.step)
 	}
+	name := cmdName(t.cfg)
 	for t.step < stop {
 		if err := ctx.Err(); err != nil {
-			fmt.Fprintf(t.opts.Log, "pretrain: interrupted after step %d\n", t.step)
-			break
+			// A scheduler's SIGTERM leaves seconds, not a validation pass:
+			// the checkpoint comes first and alone.
+			fmt.Fprintf(t.opts.Log, "\n%s: interrupted after step %d, saving a checkpoint\n", name, t.step)
+			if t.lastSave != t.step {
+				return t.save()
+			}
+			return nil
 		}
 		row, err := t.trainStep()
 		if err != nil {
@@ -399,7 +459,7 @@ func (t *Trainer) trainStep() (stepRow, error) {
 	}
 	t.m.Params.ZeroGrad()
 	t.m.SetTrain(true)
-	w, err := runWindow(t.pt, task, batches, t.upd.Scale(key), func(i int) uint64 { return DropoutSeed(c.Seed, step, i) })
+	w, err := runWindow(t.task, task, batches, t.upd.Scale(key), func(i int) uint64 { return DropoutSeed(c.Seed, step, i) })
 	if err != nil {
 		return stepRow{}, fmt.Errorf("step %d: %s: %w", step, key, err)
 	}
@@ -444,11 +504,11 @@ type window struct {
 // micro-batches' means, which differs by about the accumulation factor;
 // AdamW is insensitive to that scale except through eps and the clipping
 // threshold.
-func runWindow(p *tasks.Pretrain, task string, batches []*data.Batch, scale float64, seed func(micro int) uint64) (window, error) {
+func runWindow(p tasks.Task, task string, batches []*data.Batch, scale float64, seed func(micro int) uint64) (window, error) {
 	units := make([]int, len(batches))
 	total := 0
 	for i, b := range batches {
-		units[i] = LossUnits(task, b)
+		units[i] = p.LossUnits(task, b)
 		total += units[i]
 	}
 	w := window{parts: map[string]float64{}}
@@ -459,7 +519,7 @@ func runWindow(p *tasks.Pretrain, task string, batches []*data.Batch, scale floa
 	}()
 	for i, b := range batches {
 		share := float64(units[i]) / float64(total)
-		p.M.SetStepSeed(seed(i))
+		p.Model().SetStepSeed(seed(i))
 		res, err := p.Step(task, b, true, float32(scale*share))
 		if err != nil {
 			return w, fmt.Errorf("micro-batch %d: %w", i, err)
@@ -475,10 +535,13 @@ func runWindow(p *tasks.Pretrain, task string, batches []*data.Batch, scale floa
 	return w, nil
 }
 
-// validate evaluates every validation dataset and task, logs a row per
-// task key and redraws the plots.
+// validate evaluates the validation data, logs a row per task key or
+// split and redraws the plots.
 func (t *Trainer) validate() error {
 	t.lastValid = t.step
+	if t.down != nil {
+		return t.validateDownstream()
+	}
 	if len(t.val) == 0 {
 		return nil
 	}
@@ -511,33 +574,51 @@ func (t *Trainer) save() error {
 		return err
 	}
 	st := &State{Step: t.step, AdamSteps: t.upd.Opt.Steps(), Seed: t.cfg.Seed, TaskKeys: t.keys,
-		Scalers: t.upd.Scalers(), Positions: t.positions, ElapsedS: t.elapsed0 + time.Since(t.start).Seconds()}
-	path, err := SaveCheckpoint(filepath.Join(t.opts.Output, CkptDir), t.m, t.upd.Opt, st, t.cfg.KeepCkpts)
+		Scalers: t.upd.Scalers(), Positions: t.positions, ElapsedS: t.elapsed0 + time.Since(t.start).Seconds(),
+		Exact: t.exactKeys(), Best: t.best}
+	path, err := SaveCheckpoint(filepath.Join(t.opts.Output, CkptDir), t.m, t.upd.Opt, st, t.cfg.KeepCkpts, t.ckptFiles)
 	if err != nil {
 		return err
 	}
 	t.lastSave = t.step
-	fmt.Fprintf(t.opts.Log, "\npretrain: saved %s\n", path)
+	fmt.Fprintf(t.opts.Log, "\n%s: saved %s\n", cmdName(t.cfg), path)
 	return nil
 }
 
-// LossUnits is the number of terms a task's loss averages over in batch b:
-// masked tokens (MLM), masked regions (MRFR, MRC, MRC-kl) or examples
-// (ITM, whose WRA term is also divided by the batch size).
-func LossUnits(task string, b *data.Batch) int {
-	switch task {
-	case data.TaskMLM:
-		n := 0
-		for _, l := range b.MLMLabels {
-			if l != -1 {
-				n++
-			}
-		}
-		return n
-	case data.TaskITM:
-		return b.B
+// cmdName is the command a run belongs to, for messages.
+func cmdName(c *Config) string {
+	if c.Task == TaskPretrain || c.Task == "" {
+		return "pretrain"
 	}
-	return b.NMasked
+	return "finetune"
+}
+
+// exactKeys are the settings a resumed run must share with its checkpoint
+// to continue exactly: the data order and the schedule depend on them.
+func (t *Trainer) exactKeys() map[string]string {
+	c := t.cfg
+	return map[string]string{
+		"task": c.Task, "train_batch_size": fmt.Sprint(c.TrainBatchSize),
+		"gradient_accumulation_steps": fmt.Sprint(c.GradientAccumulationSteps),
+		"num_train_steps":             fmt.Sprint(c.NumTrainSteps), "model": string(t.mc.JSON()), "variant": c.Variant,
+	}
+}
+
+// checkExact refuses to resume when a setting in want differs from the
+// checkpoint's (saved); checkpoints written before these were recorded
+// have none.
+func checkExact(saved, want map[string]string, name, path string) error {
+	for _, k := range sortedKeys(want) {
+		old, ok := saved[k]
+		if !ok || old == want[k] {
+			continue
+		}
+		if k == "model" {
+			return fmt.Errorf("%s --resume: the model config differs from the one checkpoint %s was trained with; resuming would not continue that run", name, path)
+		}
+		return fmt.Errorf("%s --resume: config %s = %q but checkpoint %s was trained with %q; resuming would not continue that run (start a new --output instead)", name, k, want[k], path, old)
+	}
+	return nil
 }
 
 // DropoutSeed is the dropout seed of micro-batch micro of optimizer step

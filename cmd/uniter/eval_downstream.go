@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/schollz/progressbar/v3"
+
+	"uniter/internal/atomicfile"
+	"uniter/internal/data"
+	"uniter/internal/npy"
+	"uniter/internal/tasks"
+	"uniter/internal/train"
+)
+
+// runEvalDownstream evaluates a fine-tuned checkpoint on a downstream task
+// with the code the trainer validates with, and writes metrics.json, the
+// task's official output file and, with --save-logits, ids.json and
+// logits.npy.
+func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
+	be, err := o.mf.backend()
+	if err != nil {
+		return err
+	}
+	m, sd, err := o.mf.build(be)
+	if err != nil {
+		return err
+	}
+	dopts := tasks.DownstreamOptions{Variant: o.variant, UseImgType: o.useImgType}
+	if o.task == "vqa" {
+		var src string
+		if dopts.Answers, src, err = tasks.LoadAnswers(o.ans2label, o.mf.checkpoint); err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "eval: vqa: %d answers from %s\n", len(dopts.Answers), src)
+	}
+	task, err := tasks.NewDownstream(o.task, m, dopts)
+	if err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	rep, err := task.Load(sd, o.mf.checkpoint, false)
+	if err != nil {
+		return err
+	}
+	if len(rep.Missing) > 0 {
+		// Scoring a randomly initialised head would look like a result.
+		return fmt.Errorf("eval --task %s: checkpoint %s has no %s head (missing %d parameters: %s); it holds %s: was it fine-tuned for another task or variant?",
+			o.task, o.mf.checkpoint, o.task, len(rep.Missing), strings.Join(rep.Missing[:min(3, len(rep.Missing))], ", "), headKeys(rep.Unexpected))
+	}
+	if s := rep.String(); s != "" {
+		fmt.Fprintf(stderr, "uniter: checkpoint %s: %s\n", o.mf.checkpoint, s)
+	}
+	dbs := train.NewDBs(o.imgOpts)
+	defer dbs.Close()
+	ds, err := train.OpenDownstream(dbs, task, o.txtDB, o.imgDB, data.DownstreamOptions{MaxTxtLen: o.maxTxtLen, ImgDim: m.Cfg.ImgDim, MaxWords: m.Cfg.MaxPositionEmbeddings - 2}, m.Cfg.VocabSize)
+	if err != nil {
+		return err
+	}
+	eo := train.EvalOptions{Budget: o.batchTokens, Workers: o.workers, KeepLogits: o.saveLogits}
+	var bar *progressbar.ProgressBar
+	eo.Progress = func(done, total int) {
+		if bar == nil {
+			bar = progressbar.NewOptions(total, progressbar.OptionSetDescription("eval "+o.task), progressbar.OptionSetWriter(stderr),
+				progressbar.OptionShowCount(), progressbar.OptionSetItsString("examples"), progressbar.OptionShowIts(), progressbar.OptionSetPredictTime(true))
+		}
+		_ = bar.Set(done)
+	}
+	ev, err := train.EvaluateDownstream(ctx, task, ds, eo)
+	if err != nil {
+		return err
+	}
+	if bar != nil {
+		_ = bar.Finish()
+		fmt.Fprintln(stderr)
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	metrics := task.Metrics(ev)
+	report := map[string]any{"task": o.task, "checkpoint": o.mf.checkpoint, "txt_db": o.txtDB, "img_db": o.imgDB}
+	if o.task == "nlvr2" {
+		report["variant"] = o.variant
+	}
+	for k, v := range metrics {
+		report[k] = v
+	}
+	b, err := json.MarshalIndent(report, "", "  ")
+	if err != nil {
+		return err
+	}
+	ext, results, err := task.Results(ev, false)
+	if err != nil {
+		return err
+	}
+	type file struct {
+		name string
+		b    []byte
+	}
+	files := []file{{"results" + ext, results}}
+	if o.saveLogits {
+		path := filepath.Join(o.out, "logits.npy")
+		if err := npy.WriteFloat32(path, []int{len(ev.IDs), task.Classes()}, ev.Logits); err != nil {
+			return fmt.Errorf("eval: %s: %w", path, err)
+		}
+	}
+	if o.saveLogits {
+		ids, _ := json.Marshal(ev.IDs)
+		files = append(files, file{"ids.json", ids})
+	}
+	// metrics.json last: its presence says the evaluation finished.
+	files = append(files, file{"metrics.json", append(b, '\n')})
+	for _, f := range files {
+		path := filepath.Join(o.out, f.name)
+		if err := atomicfile.WriteFile(path, f.b); err != nil {
+			return fmt.Errorf("eval: %s: %w", path, err)
+		}
+	}
+	if !ev.Labelled() {
+		fmt.Fprintf(stdout, "%s: %d examples without targets: predictions only\n", o.task, len(ev.IDs))
+	} else {
+		fmt.Fprintf(stdout, "%s:", o.task)
+		for _, k := range []string{"acc", "loss", "consistency", "n"} {
+			if v, ok := metrics[k]; ok {
+				fmt.Fprintf(stdout, "  %s %.4f", k, v)
+			}
+		}
+		fmt.Fprintln(stdout)
+	}
+	fmt.Fprintf(stderr, "eval: wrote %s\n", o.out)
+	return nil
+}
+
+// headKeys summarises the head parameters of a checkpoint by their first
+// name component (vqa_output, nlvr2_output, attn1, ...).
+func headKeys(unexpected []string) string {
+	var heads []string
+	for _, k := range unexpected {
+		h, _, _ := strings.Cut(k, ".")
+		if !slices.Contains(heads, h) {
+			heads = append(heads, h)
+		}
+	}
+	if len(heads) == 0 {
+		return "no other head"
+	}
+	return strings.Join(heads, ", ") + " weights"
+}

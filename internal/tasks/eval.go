@@ -1,0 +1,76 @@
+package tasks
+
+import (
+	"fmt"
+
+	"uniter/internal/data"
+)
+
+// Eval accumulates one evaluation pass of a downstream task over a split:
+// the predictions in example order and the sums the task's metrics reduce.
+// uniter eval and the trainer's validation both fill it batch by batch.
+type Eval struct {
+	// IDs are the txt_db example ids in evaluation order.
+	IDs []string
+	// Pred are the predicted classes, one per example.
+	Pred []int32
+	// Labels are the examples' class labels (VQA/VE: -1), nil for a split
+	// without labels.
+	Labels []int32
+	// LossSum and Score are the summed validation loss and task score over
+	// the N labelled examples.
+	LossSum, Score float64
+	N              int
+	// Logits [len(IDs), Classes] are kept when KeepLogits is set
+	// (--save-logits).
+	KeepLogits bool
+	Logits     []float32
+	unlabeled  int
+}
+
+// Add records one batch's step result. Mixing batches with and without
+// labels in one split is an error (a split is either labelled or not).
+func (e *Eval) Add(task Downstream, b *data.Batch, r Result) error {
+	e.IDs = append(e.IDs, b.IDs...)
+	e.Pred = append(e.Pred, r.Pred...)
+	labelled := r.Count > 0
+	if labelled {
+		if e.unlabeled > 0 {
+			return fmt.Errorf("%s evaluation: split mixes examples with and without targets", task.Name())
+		}
+		e.LossSum += r.LossSum
+		e.Score += r.Score
+		e.N += r.Count
+		if b.Labels != nil {
+			e.Labels = append(e.Labels, b.Labels...)
+		} else {
+			for range r.Examples {
+				e.Labels = append(e.Labels, -1)
+			}
+		}
+	} else {
+		if e.N > 0 {
+			return fmt.Errorf("%s evaluation: split mixes examples with and without targets", task.Name())
+		}
+		e.unlabeled += r.Examples
+	}
+	if e.KeepLogits {
+		e.Logits = append(e.Logits, task.Model().Backend().ToF32(r.Logits)...)
+	}
+	return nil
+}
+
+// Labelled reports whether the split had targets (metrics exist).
+func (e *Eval) Labelled() bool { return e.N > 0 }
+
+// meanMetrics are the metrics every downstream task reports: loss (the
+// validation reduction per example) and acc (score per example). An
+// unlabelled split has none.
+func meanMetrics(e *Eval) map[string]float64 {
+	m := map[string]float64{"n": float64(len(e.IDs))}
+	if e.N > 0 {
+		m["loss"] = e.LossSum / float64(e.N)
+		m["acc"] = e.Score / float64(e.N)
+	}
+	return m
+}

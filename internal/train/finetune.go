@@ -1,0 +1,206 @@
+package train
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"uniter/internal/atomicfile"
+	"uniter/internal/data"
+	"uniter/internal/model"
+	"uniter/internal/tasks"
+)
+
+// ResultsDir of a fine-tuning run holds each validation's predictions in
+// the task's official format.
+const ResultsDir = "results"
+
+// evalSplit is one fine-tuning validation split ("val", "test").
+type evalSplit struct {
+	name string
+	ds   Dataset
+}
+
+// buildDownstream creates the model with the task's head and loads the
+// checkpoint being resumed or the configured initial one (with the task's
+// model surgery), then the optimizer.
+func (t *Trainer) buildDownstream(resumeFrom string) error {
+	c := t.cfg
+	m, err := model.New(t.be, t.mc, c.Seed)
+	if err != nil {
+		return err
+	}
+	o := tasks.DownstreamOptions{Variant: c.Variant, UseImgType: c.UseImgType, FP16: c.FP16}
+	if c.Task == "vqa" {
+		// A resumed run keeps the vocabulary it was trained with.
+		from := c.Checkpoint
+		if resumeFrom != "" {
+			from = resumeFrom
+		}
+		var src string
+		if o.Answers, src, err = tasks.LoadAnswers(c.Ans2Label, from); err != nil {
+			return err
+		}
+		fmt.Fprintf(t.opts.Log, "finetune: vqa: %d answers from %s\n", len(o.Answers), src)
+		t.ckptFiles = map[string][]byte{tasks.Ans2LabelFile: tasks.AnswersJSON(o.Answers)}
+	}
+	down, err := tasks.NewDownstream(c.Task, m, o)
+	if err != nil {
+		return err
+	}
+	src, sd, err := t.initCheckpoint(resumeFrom)
+	if err != nil {
+		return err
+	}
+	rep, err := down.Load(sd, src, false)
+	if err != nil {
+		return err
+	}
+	t.logLoad(src, rep)
+	t.m, t.down, t.task = m, down, down
+	t.newUpdater()
+	return nil
+}
+
+// openDownstreamData opens the training dbs (concatenated, as the
+// reference's ConcatDatasetWithLens), the validation splits and the task's
+// single loss key.
+func (t *Trainer) openDownstreamData() error {
+	c := t.cfg
+	t.dbs = NewDBs(c.ImgDBOptions())
+	opts := data.DownstreamOptions{MaxTxtLen: c.MaxTxtLen, ImgDim: t.mc.ImgDim, MaxWords: t.mc.MaxPositionEmbeddings - 2}
+	ds, err := t.openSplit("train", c.TrainTxtDBs, c.TrainImgDBs, opts)
+	if err != nil {
+		return err
+	}
+	key := c.Task
+	t.keys = []string{key}
+	t.taskOf[key] = key
+	t.train[key] = ds
+	if t.mixer, err = data.NewTaskMixer(t.keys, []int{1}, c.Seed); err != nil {
+		return err
+	}
+	// Validation keeps every text, as the reference's TxtTokLmdb(db, -1).
+	opts.MaxTxtLen = -1
+	for _, s := range []struct{ name, txt, img string }{{"val", c.ValTxtDB, c.ValImgDB}, {"test", c.TestTxtDB, c.TestImgDB}} {
+		if s.txt == "" {
+			continue
+		}
+		ds, err := t.openSplit(s.name, []string{s.txt}, []string{s.img}, opts)
+		if err != nil {
+			return err
+		}
+		t.splits = append(t.splits, evalSplit{name: s.name, ds: ds})
+	}
+	return nil
+}
+
+// openSplit opens the txt/img db pairs of one split as one dataset.
+func (t *Trainer) openSplit(split string, txtDirs, imgDirs []string, o data.DownstreamOptions) (Dataset, error) {
+	var sets []member
+	per := 1
+	if t.cfg.Task == "nlvr2" && t.cfg.Variant != tasks.NLVR2Triplet {
+		per = 2
+	}
+	for i, dir := range txtDirs {
+		ds, err := OpenDownstream(t.dbs, t.down, dir, imgDirs[i], o, t.mc.VocabSize)
+		if err != nil {
+			return nil, fmt.Errorf("%s split: %w", split, err)
+		}
+		if len(txtDirs) == 1 {
+			return ds, nil
+		}
+		rs, ok := ds.(rowSet)
+		if !ok {
+			return nil, fmt.Errorf("%s split: %s datasets cannot be concatenated", split, t.down.Name())
+		}
+		sets = append(sets, member{Dataset: rs, n: rs.Len(), rows: func(_ string, _, i int) ([]*data.Example, error) { return rs.Rows(i) }})
+	}
+	return newConcat(sets, t.mc.ImgDim, per), nil
+}
+
+// rowSet is a downstream dataset read one example at a time (as batch
+// rows), which concatenation needs.
+type rowSet interface {
+	Dataset
+	Len() int
+	Rows(i int) ([]*data.Example, error)
+}
+
+// OpenDownstream opens one txt_db/img_db pair as task's dataset, checking
+// that the txt_db's vocabulary fits the model.
+func OpenDownstream(c *DBs, task tasks.Downstream, txtDir, imgDir string, o data.DownstreamOptions, vocabSize int) (Dataset, error) {
+	txt, err := c.Txt(txtDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkVocab(txt.Meta(), txtDir, vocabSize); err != nil {
+		return nil, err
+	}
+	img, err := c.Img(imgDir)
+	if err != nil {
+		return nil, err
+	}
+	ds, err := task.Open(txt, img, o)
+	if err != nil {
+		return nil, err
+	}
+	if n, ok := ds.(interface{ Len() int }); ok && n.Len() == 0 {
+		return nil, fmt.Errorf("txt_db %s: no examples", txtDir)
+	}
+	return ds, nil
+}
+
+// validateDownstream evaluates every split with the code of uniter eval,
+// logs a row per split, writes the predictions to results/ and keeps the
+// best checkpoint by the val split's acc.
+func (t *Trainer) validateDownstream() error {
+	var summary []string
+	for _, s := range t.splits {
+		ev, err := EvaluateDownstream(t.ctx, t.down, s.ds, EvalOptions{Budget: t.cfg.ValBatchSize, Workers: t.cfg.NWorkers})
+		if err != nil {
+			return fmt.Errorf("validation at step %d: %s: %w", t.step, s.name, err)
+		}
+		metrics := t.down.Metrics(ev)
+		row := Row{{"step", t.step}, {"split", s.name}, {"task", t.down.Name()}}
+		for _, name := range sortedKeys(metrics) {
+			row = append(row, Field{name, metrics[name]})
+		}
+		if err := t.metrics.Write(row); err != nil {
+			return err
+		}
+		summary = append(summary, fmt.Sprintf("%s %s", s.name, formatMetrics(metrics)))
+		if err := t.writeResults(s.name, ev); err != nil {
+			return err
+		}
+		if acc, ok := metrics["acc"]; ok && s.name == "val" && (t.best.Metric == "" || acc > t.best.Value) {
+			t.best = Best{Step: t.step, Metric: "val acc", Value: acc}
+			path, err := SaveBest(filepath.Join(t.opts.Output, CkptDir), t.m, t.best, t.ckptFiles)
+			if err != nil {
+				return err
+			}
+			summary = append(summary, "new best, saved "+path)
+		}
+	}
+	fmt.Fprintf(t.opts.Log, "\nfinetune: step %d validation: %s\n", t.step, strings.Join(summary, "; "))
+	return WritePlots(filepath.Join(t.opts.Output, LogDir), t.metrics.records)
+}
+
+// writeResults stores a split's predictions as results/{split}_results_{step}_rank0
+// with the task's extension, the official training scripts' naming.
+func (t *Trainer) writeResults(split string, ev *tasks.Eval) error {
+	ext, b, err := t.down.Results(ev, true)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(t.opts.Output, ResultsDir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("finetune: %w", err)
+	}
+	path := filepath.Join(dir, fmt.Sprintf("%s_results_%d_rank0%s", split, t.step, ext))
+	if err := atomicfile.WriteFile(path, b); err != nil {
+		return fmt.Errorf("finetune: %s: %w", path, err)
+	}
+	return nil
+}
