@@ -20,6 +20,7 @@ downstream task; "txtdb" builds a txt_db from raw annotations and "imgdb" an
 img_db from per-image .npz region features.`,
 		Example: `  uniter data synth --out /tmp/world
   uniter data synth --out /tmp/big --images 5000 --seed 7
+  uniter data txtdb --nlvr2 nlvr2/data/dev.json --out txt_db/nlvr2_dev.db
   uniter data imgdb --npz-dir feats/ --out img/coco_train2014`,
 		Args: cobra.NoArgs,
 	}

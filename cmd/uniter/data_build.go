@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,14 +40,15 @@ func newProgress(w io.Writer, n int, what string) *progressbar.ProgressBar {
 // txtdbOpts are the flags of `uniter data txtdb`.
 type txtdbOpts struct {
 	captions, questions, annotations, ans2label string
+	nlvr2, snliVE, missingImgs                  string
 	vocab, toker, imgPrefix, out                string
 }
 
 func newDataTxtdbCmd() *cobra.Command {
 	o := txtdbOpts{toker: "bert-base-cased"}
 	cmd := &cobra.Command{
-		Use:   "txtdb --vocab FILE --img-prefix PREFIX --out DIR (--captions FILE | --questions FILE [--annotations FILE --ans2label FILE])",
-		Short: "Build an official-format txt_db from COCO captions or VQA v2 questions",
+		Use:   "txtdb --out DIR (--captions FILE | --questions FILE [--annotations FILE --ans2label FILE] | --nlvr2 FILE | --snli-ve FILE) [--img-prefix PREFIX] [--toker NAME] [--vocab FILE]",
+		Short: "Build an official-format txt_db from COCO captions, VQA v2, NLVR2 or SNLI-VE annotations",
 		Long: `txtdb tokenises raw annotations with BERT WordPiece (UNITER's prepro:
 whitespace split, basic tokenizer, WordPiece, no specials, no truncation) and
 writes a txt_db: the LMDB of lz4-compressed msgpack examples plus
@@ -62,16 +66,47 @@ target = {labels, scores}: each of the 10 human answers is matched to a
 label (as written, else after the VQA evaluation's punctuation, number-word
 and article normalisation, else ignoring apostrophes, which stands in for the
 evaluation's contraction table), and a label given by k answers scores
-0.3k (at most 1), the standard VQA soft score.
+0.3k (at most 1), the standard VQA soft score. For both, img_fname is
+PREFIX_%012d.npz of image_id, the official naming
+(coco_train2014_000000000009.npz), and --img-prefix is required.
 
-img_fname is PREFIX_%012d.npz of image_id, the official naming
-(coco_train2014_000000000009.npz). The tokenizer is lowercasing when --toker
-names an uncased model, as in the official prepro.`,
-		Example: `  uniter data txtdb --captions captions_train2014.json --vocab bert-base-cased-vocab.txt \
+--nlvr2 takes NLVR2 annotations (JSON lines: identifier, sentence, label
+"True"/"False", absent on the unlabelled test split, left_url ...) and
+does what the official prepro.py does: each line becomes example
+"identifier" holding the whole annotation plus input_ids (of sentence),
+img_fname, the pair [nlvr2_ID-img0.npz, nlvr2_ID-img1.npz] where ID is
+the identifier without its last dash field (dev-850-0-0 -> dev-850-0), and
+target 1 for "True", 0 for "False", null without a label.
+
+--snli-ve takes SNLI-VE annotations (JSON lines: pairID, Flikr30kID, also
+spelt Flickr30kID, sentence2, gold_label): each line becomes example
+"pairID" holding the whole annotation plus image_id (Flikr30kID without
+".jpg"), input_ids (of sentence2), img_fname flickr30k_%012d.npz of
+image_id (the official flickr30k img_db's names) and target = {labels:
+[label], scores: [1.0]} with contradiction 0, entailment 1, neutral 2 (the
+official VE ans2label, also written to the db as ans2label.json). A
+gold_label outside those three is an error: SNLI-VE left out SNLI's
+unlabelled "-" pairs.
+
+--missing-imgs takes a JSON list of image names (the official
+missing_nlvr2_imgs.json) and leaves out every example using one of them.
+
+The vocabularies of bert-base-cased (the UNITER default) and
+bert-base-uncased are built in: --toker picks one, records it in meta.json
+and, when its name holds "uncased", turns on lowercasing and accent
+stripping, as in the official prepro; --vocab FILE tokenises with another
+vocab.txt instead. DIR must not exist or be empty; it appears only once the
+whole db is written.`,
+		Example: `  uniter data txtdb --captions captions_train2014.json \
       --img-prefix coco_train2014 --out txt_db/coco_train.db
   uniter data txtdb --questions v2_OpenEnded_mscoco_val2014_questions.json \
       --annotations v2_mscoco_val2014_annotations.json --ans2label ans2label.json \
-      --vocab vocab.txt --img-prefix coco_val2014 --out txt_db/vqa_val.db`,
+      --img-prefix coco_val2014 --out txt_db/vqa_val.db
+  uniter data txtdb --nlvr2 nlvr2/data/dev.json --missing-imgs missing_nlvr2_imgs.json \
+      --out txt_db/nlvr2_dev.db
+  uniter data txtdb --snli-ve snli_ve_train.jsonl --out txt_db/ve_train.db
+  uniter data txtdb --captions captions.json --img-prefix coco_val2014 \
+      --toker bert-base-uncased --out txt_db/coco_val_uncased.db`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runTxtdb(o, cmd.ErrOrStderr())
@@ -82,56 +117,121 @@ names an uncased model, as in the official prepro.`,
 	f.StringVar(&o.questions, "questions", "", "VQA v2 questions JSON")
 	f.StringVar(&o.annotations, "annotations", "", "VQA v2 annotations JSON (adds targets)")
 	f.StringVar(&o.ans2label, "ans2label", "", "answer -> label JSON (needed with --annotations)")
-	f.StringVar(&o.vocab, "vocab", "", "BERT vocab.txt")
-	f.StringVar(&o.toker, "toker", o.toker, "tokenizer name recorded in meta.json; \"uncased\" in it turns on lowercasing")
-	f.StringVar(&o.imgPrefix, "img-prefix", "", "image name prefix, e.g. coco_train2014")
-	f.StringVar(&o.out, "out", "", "output txt_db directory (must not hold a db)")
+	f.StringVar(&o.nlvr2, "nlvr2", "", "NLVR2 annotations, JSON lines (train.json, dev.json, test1.json)")
+	f.StringVar(&o.snliVE, "snli-ve", "", "SNLI-VE annotations, JSON lines (snli_ve_train.jsonl ...)")
+	f.StringVar(&o.missingImgs, "missing-imgs", "", "JSON list of image names whose examples are left out (e.g. missing_nlvr2_imgs.json)")
+	f.StringVar(&o.vocab, "vocab", "", "BERT vocab.txt to use instead of the built-in vocabulary of --toker")
+	f.StringVar(&o.toker, "toker", o.toker, "tokenizer: "+strings.Join(data.BuiltinVocabs(), " or ")+
+		" (built in), or any name with --vocab; recorded in meta.json; \"uncased\" in it turns on lowercasing")
+	f.StringVar(&o.imgPrefix, "img-prefix", "", "image name prefix for --captions and --questions, e.g. coco_train2014")
+	f.StringVar(&o.out, "out", "", "output txt_db directory (must not exist or be empty)")
 	return cmd
 }
 
-// txtExample is one example ready for the writer.
+// txtExample is one example ready for the writer; where names its place in
+// the input (file:line or file: list[index]).
 type txtExample struct {
-	id     string
-	fields map[string]any
+	id, where string
+	fields    map[string]any
 }
 
+// veAns2Label is the official VE label map (utils/misc.py VE_ENT2IDX).
+var veAns2Label = map[string]int{"contradiction": 0, "entailment": 1, "neutral": 2}
+
 func runTxtdb(o txtdbOpts, progress io.Writer) error {
+	inputs := 0
+	for _, in := range []string{o.captions, o.questions, o.nlvr2, o.snliVE} {
+		if in != "" {
+			inputs++
+		}
+	}
+	prefixed := o.captions != "" || o.questions != ""
 	switch {
 	case o.out == "":
 		return errors.New("data txtdb: --out is required")
-	case o.vocab == "":
-		return errors.New("data txtdb: --vocab is required (a BERT vocab.txt)")
-	case o.imgPrefix == "":
-		return errors.New("data txtdb: --img-prefix is required (e.g. coco_train2014)")
-	case (o.captions == "") == (o.questions == ""):
-		return errors.New("data txtdb: give exactly one of --captions and --questions")
+	case inputs != 1:
+		return errors.New("data txtdb: give exactly one of --captions, --questions, --nlvr2 and --snli-ve")
+	case prefixed && o.imgPrefix == "":
+		return errors.New("data txtdb: --img-prefix is required with --captions and --questions (e.g. coco_train2014)")
+	case !prefixed && o.imgPrefix != "":
+		return fmt.Errorf("data txtdb: --img-prefix %s goes with --captions and --questions; NLVR2 and SNLI-VE images have fixed names", o.imgPrefix)
 	case o.annotations != "" && o.ans2label == "":
 		return fmt.Errorf("data txtdb: --annotations %s needs --ans2label", o.annotations)
 	case o.questions == "" && (o.annotations != "" || o.ans2label != ""):
 		return errors.New("data txtdb: --annotations and --ans2label go with --questions")
 	}
-	vocab, err := data.LoadVocab(o.vocab)
+	tok, err := data.BertTokenizer(o.toker, o.vocab)
 	if err != nil {
-		return fmt.Errorf("data txtdb: %s: %w", o.vocab, err)
+		if o.vocab == "" {
+			return fmt.Errorf("data txtdb: --toker: %w; give its vocab.txt with --vocab", err)
+		}
+		return fmt.Errorf("data txtdb: %w", err)
 	}
-	tok, err := data.NewTokenizer(vocab, strings.Contains(o.toker, "uncased"))
-	if err != nil {
-		return fmt.Errorf("data txtdb: %s: %w", o.vocab, err)
+	vocabSrc := o.vocab
+	if vocabSrc == "" {
+		vocabSrc = "built-in " + o.toker
 	}
-	meta, err := vocabMeta(vocab, o.vocab, o.toker)
+	meta, err := vocabMeta(tok.Vocab(), vocabSrc, o.toker)
 	if err != nil {
 		return err
 	}
 	var examples []txtExample
-	if o.captions != "" {
+	sideFiles := map[string]any{}
+	switch {
+	case o.captions != "":
 		examples, err = captionExamples(o.captions, o.imgPrefix, tok)
-	} else {
+	case o.questions != "":
 		examples, err = vqaExamples(o, tok)
+	case o.nlvr2 != "":
+		examples, err = nlvr2Examples(o.nlvr2, tok)
+	default:
+		examples, err = veExamples(o.snliVE, tok)
+		sideFiles["ans2label.json"] = veAns2Label
 	}
 	if err != nil {
 		return err
 	}
-	w, err := db.CreateTxtDB(o.out, meta)
+	if err := checkUniqueIDs(examples); err != nil {
+		return err
+	}
+	skipped := 0
+	if o.missingImgs != "" {
+		if examples, skipped, err = dropMissingImages(examples, o.missingImgs); err != nil {
+			return err
+		}
+	}
+	if err := writeTxtDB(o.out, meta, examples, sideFiles, progress); err != nil {
+		return err
+	}
+	fmt.Fprintf(progress, "wrote %d examples to %s", len(examples), o.out)
+	if o.missingImgs != "" {
+		fmt.Fprintf(progress, " (left out %d with an image in %s)", skipped, o.missingImgs)
+	}
+	fmt.Fprintln(progress)
+	return nil
+}
+
+// writeTxtDB writes examples and the extra side files (name -> JSON value)
+// as a txt_db at out, all or nothing: the db is built in a hidden directory
+// beside out and renamed to out once complete.
+func writeTxtDB(out string, meta db.Meta, examples []txtExample, sideFiles map[string]any, progress io.Writer) error {
+	tmp, err := db.StageDir(out)
+	if err != nil {
+		return fmt.Errorf("data txtdb: --out %w", err)
+	}
+	if err := fillTxtDB(tmp, meta, examples, sideFiles, progress); err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
+	if err := db.CommitDir(tmp, out); err != nil {
+		os.RemoveAll(tmp)
+		return fmt.Errorf("data txtdb: --out %w", err)
+	}
+	return nil
+}
+
+func fillTxtDB(dir string, meta db.Meta, examples []txtExample, sideFiles map[string]any, progress io.Writer) error {
+	w, err := db.CreateTxtDB(dir, meta)
 	if err != nil {
 		return err
 	}
@@ -139,17 +239,74 @@ func runTxtdb(o txtdbOpts, progress io.Writer) error {
 	for _, ex := range examples {
 		if err := w.Put(ex.id, ex.fields); err != nil {
 			w.Close()
-			return err
+			return fmt.Errorf("data txtdb: %s: %w", ex.where, err)
 		}
 		bar.Add(1)
 	}
 	bar.Finish()
-	return w.Close()
+	if err := w.Close(); err != nil {
+		return err
+	}
+	for name, v := range sideFiles {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("data txtdb: %s: %w", name, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			return fmt.Errorf("data txtdb: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkUniqueIDs rejects two examples with one id, which would silently
+// replace one another in the LMDB.
+func checkUniqueIDs(examples []txtExample) error {
+	seen := make(map[string]string, len(examples))
+	for _, ex := range examples {
+		if first, dup := seen[ex.id]; dup {
+			return fmt.Errorf("data txtdb: %s: example id %q already given at %s", ex.where, ex.id, first)
+		}
+		seen[ex.id] = ex.where
+	}
+	return nil
+}
+
+// dropMissingImages leaves out the examples with an image listed in the
+// JSON list at path, as prepro.py's --missing_imgs, and returns how many.
+func dropMissingImages(examples []txtExample, path string) ([]txtExample, int, error) {
+	var names []string
+	if err := readJSONFile(path, &names); err != nil {
+		return nil, 0, err
+	}
+	missing := make(map[string]bool, len(names))
+	for _, n := range names {
+		missing[n] = true
+	}
+	kept := examples[:0]
+	for _, ex := range examples {
+		if !slices.ContainsFunc(exampleImages(ex.fields), func(n string) bool { return missing[n] }) {
+			kept = append(kept, ex)
+		}
+	}
+	return kept, len(examples) - len(kept), nil
+}
+
+// exampleImages returns an example's img_fname as a list.
+func exampleImages(fields map[string]any) []string {
+	switch f := fields["img_fname"].(type) {
+	case string:
+		return []string{f}
+	case []string:
+		return f
+	}
+	return nil
 }
 
 // vocabMeta derives meta.json's special ids from the vocabulary, as the
-// official prepro does with convert_tokens_to_ids.
-func vocabMeta(v *data.Vocab, path, toker string) (db.Meta, error) {
+// official prepro does with convert_tokens_to_ids; src names the vocabulary
+// in errors.
+func vocabMeta(v *data.Vocab, src, toker string) (db.Meta, error) {
 	m := db.Meta{Tokenizer: toker}
 	for _, s := range []struct {
 		tok string
@@ -157,7 +314,7 @@ func vocabMeta(v *data.Vocab, path, toker string) (db.Meta, error) {
 	}{{data.TokCLS, &m.CLS}, {data.TokSEP, &m.SEP}, {data.TokMASK, &m.MASK}, {data.TokUNK, &m.UNK}, {"!", &m.VRange[0]}} {
 		id, ok := v.ID(s.tok)
 		if !ok {
-			return db.Meta{}, fmt.Errorf("data txtdb: vocab %s has no %q token", path, s.tok)
+			return db.Meta{}, fmt.Errorf("data txtdb: vocab %s has no %q token", src, s.tok)
 		}
 		*s.dst = int(id)
 	}
@@ -200,7 +357,7 @@ func captionExamples(path, prefix string, tok *data.Tokenizer) ([]txtExample, er
 		if a.ID == nil || a.ImageID == nil || a.Caption == nil {
 			return nil, fmt.Errorf("data txtdb: %s: annotations[%d] lacks id, image_id or caption", path, i)
 		}
-		out = append(out, txtExample{id: strconv.FormatInt(*a.ID, 10), fields: map[string]any{
+		out = append(out, txtExample{id: strconv.FormatInt(*a.ID, 10), where: fmt.Sprintf("%s: annotations[%d]", path, i), fields: map[string]any{
 			"input_ids": tok.Encode(*a.Caption),
 			"img_fname": imgFname(prefix, *a.ImageID),
 			"image_id":  *a.ImageID,
@@ -250,9 +407,203 @@ func vqaExamples(o txtdbOpts, tok *data.Tokenizer) ([]txtExample, error) {
 			}
 			fields["target"] = t
 		}
-		out = append(out, txtExample{id: strconv.FormatInt(*q.QuestionID, 10), fields: fields})
+		out = append(out, txtExample{id: strconv.FormatInt(*q.QuestionID, 10), where: fmt.Sprintf("%s: questions[%d]", o.questions, i), fields: fields})
 	}
 	return out, nil
+}
+
+// nlvr2Examples reads NLVR2 annotations as the official prepro.py's
+// process_nlvr2 does.
+func nlvr2Examples(path string, tok *data.Tokenizer) ([]txtExample, error) {
+	var out []txtExample
+	err := readJSONLines(path, func(where string, ex map[string]any) error {
+		id, ok := ex["identifier"].(string)
+		if !ok || id == "" {
+			return fmt.Errorf("data txtdb: %s: want an \"identifier\" string, got %s", where, fieldText(ex, "identifier"))
+		}
+		cut := strings.LastIndexByte(id, '-')
+		if cut < 0 {
+			return fmt.Errorf("data txtdb: %s: identifier %q has no dash (want e.g. dev-850-0-0)", where, id)
+		}
+		sent, ok := ex["sentence"].(string)
+		if !ok {
+			return fmt.Errorf("data txtdb: %s: identifier %q: want a \"sentence\" string, got %s", where, id, fieldText(ex, "sentence"))
+		}
+		var target any // None on the unlabelled test split
+		if label, labelled := ex["label"]; labelled {
+			switch label {
+			case "True":
+				target = 1
+			case "False":
+				target = 0
+			default:
+				return fmt.Errorf("data txtdb: %s: identifier %q: label %s, want \"True\" or \"False\"", where, id, jsonText(label))
+			}
+		}
+		img := "nlvr2_" + id[:cut]
+		ex["input_ids"] = tok.Encode(sent)
+		ex["img_fname"] = []string{img + "-img0.npz", img + "-img1.npz"}
+		ex["target"] = target
+		out = append(out, txtExample{id: id, where: where, fields: ex})
+		return nil
+	})
+	return out, err
+}
+
+// veExamples reads SNLI-VE annotations the way the UNITER authors' VE
+// preprocessing did: key pairID, image flickr30k_%012d.npz of the Flickr30k
+// id, a one-hot soft target.
+func veExamples(path string, tok *data.Tokenizer) ([]txtExample, error) {
+	var out []txtExample
+	err := readJSONLines(path, func(where string, h map[string]any) error {
+		id, ok := h["pairID"].(string)
+		if !ok || id == "" {
+			return fmt.Errorf("data txtdb: %s: want a \"pairID\" string, got %s", where, fieldText(h, "pairID"))
+		}
+		imageID, err := flickrImageID(h)
+		if err != nil {
+			return fmt.Errorf("data txtdb: %s: pairID %q: %w", where, id, err)
+		}
+		sent, ok := h["sentence2"].(string)
+		if !ok {
+			return fmt.Errorf("data txtdb: %s: pairID %q: want a \"sentence2\" string, got %s", where, id, fieldText(h, "sentence2"))
+		}
+		gold, _ := h["gold_label"].(string)
+		label, ok := veAns2Label[gold]
+		if !ok {
+			return fmt.Errorf("data txtdb: %s: pairID %q: gold_label %s, want contradiction, entailment or neutral", where, id, fieldText(h, "gold_label"))
+		}
+		h["image_id"] = imageID
+		h["input_ids"] = tok.Encode(sent)
+		h["img_fname"] = imgFname("flickr30k", imageID)
+		h["target"] = map[string]any{"labels": []int{label}, "scores": []float64{1}}
+		out = append(out, txtExample{id: id, where: where, fields: h})
+		return nil
+	})
+	return out, err
+}
+
+// flickrImageID reads an SNLI-VE line's Flickr30k image id: "Flikr30kID"
+// (SNLI-VE's own spelling) or "Flickr30kID", a file name such as
+// "3416050480.jpg" or a bare number.
+func flickrImageID(h map[string]any) (int64, error) {
+	key := "Flikr30kID"
+	v, ok := h[key]
+	if !ok {
+		key = "Flickr30kID"
+		v = h[key]
+	}
+	switch id := v.(type) {
+	case int64:
+		if id >= 0 {
+			return id, nil
+		}
+	case string:
+		stem, _, _ := strings.Cut(id, ".")
+		if n, err := strconv.ParseInt(stem, 10, 64); err == nil && n >= 0 {
+			return n, nil
+		}
+	case nil:
+		return 0, errors.New("no \"Flikr30kID\" (or \"Flickr30kID\")")
+	}
+	return 0, fmt.Errorf("%s %s is not a Flickr30k image id such as \"3416050480.jpg\"", key, jsonText(v))
+}
+
+// readJSONLines calls fn with each non-blank line of path decoded as a JSON
+// object, numbers typed as Python's json module types them (see pyJSON),
+// and the line's place ("path:line") for errors.
+func readJSONLines(path string, fn func(where string, obj map[string]any) error) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("data txtdb: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<16), 64<<20)
+	lines := 0
+	for n := 1; sc.Scan(); n++ {
+		b := bytes.TrimSpace(sc.Bytes())
+		if len(b) == 0 {
+			continue
+		}
+		where := fmt.Sprintf("%s:%d", path, n)
+		var obj map[string]any
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.UseNumber()
+		if err := dec.Decode(&obj); err != nil {
+			return fmt.Errorf("data txtdb: %s: not a JSON object: %w", where, err)
+		}
+		if obj == nil || dec.More() {
+			return fmt.Errorf("data txtdb: %s: want one JSON object on the line, got %.40q", where, b)
+		}
+		v, err := pyJSON(obj)
+		if err != nil {
+			return fmt.Errorf("data txtdb: %s: %w", where, err)
+		}
+		if err := fn(where, v.(map[string]any)); err != nil {
+			return err
+		}
+		lines++
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("data txtdb: %s: %w", path, err)
+	}
+	if lines == 0 {
+		return fmt.Errorf("data txtdb: %s: no JSON lines", path)
+	}
+	return nil
+}
+
+// pyJSON types the numbers of a decoded JSON value as Python's json.loads
+// does, so that they are stored as the official prepro stores them: int64
+// for integer literals, float64 for those with a fraction or exponent.
+func pyJSON(v any) (any, error) {
+	switch x := v.(type) {
+	case json.Number:
+		s := x.String()
+		if strings.ContainsAny(s, ".eE") {
+			return x.Float64()
+		}
+		n, err := x.Int64()
+		if err != nil {
+			return nil, fmt.Errorf("integer %s does not fit in 64 bits", s)
+		}
+		return n, nil
+	case map[string]any:
+		for k, e := range x {
+			var err error
+			if x[k], err = pyJSON(e); err != nil {
+				return nil, err
+			}
+		}
+	case []any:
+		for i, e := range x {
+			var err error
+			if x[i], err = pyJSON(e); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return v, nil
+}
+
+// fieldText renders obj[key] for an error message: its JSON, or "none"
+// when obj has no such key.
+func fieldText(obj map[string]any, key string) string {
+	v, ok := obj[key]
+	if !ok {
+		return "none"
+	}
+	return jsonText(v)
+}
+
+// jsonText renders a decoded JSON value for an error message.
+func jsonText(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return string(b)
 }
 
 // vqaTargets reads VQA annotations and returns each question's soft target
@@ -439,9 +790,15 @@ nbb = min(max_bb, max(min_bb, #(conf > conf_th))), values msgpack-numpy (or
 np.savez_compressed with --compressed), the __keys__ list, and the nbb json.
 
 The LMDB goes to DIR/feat_th{conf_th}_max{max_bb}_min{min_bb}, or
-DIR/feat_numbb{num_bb} with --conf-th -1 (exactly num_bb regions), or
-DIR/all with --keep-all (every region, nbb computed when read), each with
-"_compressed" when compressed. Images are written in file-name order.`,
+DIR/feat_numbb{num_bb} with --conf-th -1, or DIR/all with --keep-all (every
+region, nbb computed when read), each with "_compressed" when compressed.
+With --conf-th -1 every region counts: an image keeps min(N, max_bb) of its
+N regions and no nbb json is written, exactly as the official converter, so
+ground-truth dbs of a few boxes an image build too; --num-bb only names the
+directory (readers then take at most num_bb regions an image). Images are
+written in file-name order. The LMDB is built in a hidden temporary
+directory and moved into place at the end: a failed build leaves nothing
+that looks like a db.`,
 		Example: `  uniter data imgdb --npz-dir /feats/coco_val2014 --out img_db/coco_val2014
   uniter data imgdb --npz-dir /feats/nlvr2_dev --out img_db/nlvr2_dev --compressed
   uniter data imgdb --npz-dir /feats/vcr --out img_db/vcr --conf-th -1 --num-bb 100`,
@@ -510,7 +867,7 @@ func runImgdb(o imgdbOpts, progress io.Writer) error {
 		return nil
 	})
 	if err != nil {
-		w.Close()
+		w.Abort()
 		return err
 	}
 	bar.Finish()

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -9,6 +11,7 @@ import (
 	"testing"
 
 	"uniter/internal/db"
+	"uniter/internal/lmdb"
 )
 
 const npzFixtures = "../../internal/db/testdata/npz"
@@ -114,9 +117,13 @@ func TestImgdbLayoutsAndErrors(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("not a zip"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err = runCmd(t, "imgdb", "--npz-dir", dir, "--out", filepath.Join(t.TempDir(), "x"))
+	failed := filepath.Join(t.TempDir(), "x")
+	_, err = runCmd(t, "imgdb", "--npz-dir", dir, "--out", failed)
 	if err == nil || !strings.Contains(err.Error(), bad) {
 		t.Fatalf("corrupt file error %v does not name %s", err, bad)
+	}
+	if ents, _ := os.ReadDir(failed); len(ents) != 0 {
+		t.Errorf("a failed build left %v", ents)
 	}
 	out = filepath.Join(t.TempDir(), "skip")
 	log, err := runCmd(t, "imgdb", "--npz-dir", dir, "--out", out, "--skip-corrupt", "--keep-all")
@@ -147,6 +154,86 @@ func TestImgdbLayoutsAndErrors(t *testing.T) {
 		_, err := runCmd(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// writeGTNpz writes a ground-truth style extractor .npz: n boxes, all of
+// confidence 1, float32 as the extractor writes them.
+func writeGTNpz(t *testing.T, path string, n, dim int) {
+	t.Helper()
+	f32 := func(rows, cols int, v func(i int) float32) db.Array {
+		b := make([]byte, 4*rows*cols)
+		for i := range rows * cols {
+			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v(i)))
+		}
+		return db.Array{Dtype: "<f4", Shape: []int{rows, cols}, Data: b}
+	}
+	conf := f32(n, 1, func(int) float32 { return 1 })
+	conf.Shape = []int{n}
+	b, err := db.EncodeImgValue(map[string]db.Array{
+		"features": f32(n, dim, func(i int) float32 { return float32(i%97) / 8 }),
+		"norm_bb":  f32(n, 6, func(i int) float32 { return float32(i%6) / 8 }),
+		"conf":     conf,
+	}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestImgdbGroundTruthNumBB builds a VCR/RE-style ground-truth img_db (5 to
+// 20 boxes an image) with --conf-th -1 --num-bb 100: every box is stored,
+// in feat_numbb100, without an nbb json, as the official converter does.
+func TestImgdbGroundTruthNumBB(t *testing.T) {
+	dir := t.TempDir()
+	boxes := map[string]int{"vcr_gt_val_a.npz": 5, "vcr_gt_val_b.npz": 13, "vcr_gt_val_c.npz": 20}
+	for name, n := range boxes {
+		writeGTNpz(t, filepath.Join(dir, name), n, 16)
+	}
+	out := filepath.Join(t.TempDir(), "vcr_gt_val")
+	log, err := runCmd(t, "imgdb", "--npz-dir", dir, "--out", out, "--conf-th", "-1", "--num-bb", "100")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log)
+	}
+	if !strings.Contains(log, "wrote 3 images to "+filepath.Join(out, "feat_numbb100")) {
+		t.Errorf("log: %s", log)
+	}
+	if ents, _ := os.ReadDir(out); len(ents) != 1 || ents[0].Name() != "feat_numbb100" {
+		t.Errorf("%s holds %v, want feat_numbb100 alone", out, ents)
+	}
+	o := db.DefaultImgDBOptions()
+	o.ConfTh, o.NumBB = -1, 100
+	d, err := db.OpenImgDB(out, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	names, err := d.Names()
+	if err != nil || !reflect.DeepEqual(names, []string{"vcr_gt_val_a.npz", "vcr_gt_val_b.npz", "vcr_gt_val_c.npz"}) {
+		t.Fatalf("names %v, %v", names, err)
+	}
+	// What each image stores (and the official reader's arr[:num_bb] sees).
+	env, err := lmdb.Open(filepath.Join(out, d.SubDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	for name, n := range boxes {
+		b, err := env.Get([]byte(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		arrays, err := db.DecodeImgValue(b, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for arr, shape := range map[string][]int{"features": {n, 16}, "norm_bb": {n, 6}, "conf": {n, 1}} {
+			if got := arrays[arr].Shape; !reflect.DeepEqual(got, shape) {
+				t.Errorf("%s: %s shape %v, want %v", name, arr, got, shape)
+			}
 		}
 	}
 }

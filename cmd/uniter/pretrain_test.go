@@ -148,9 +148,10 @@ func TestPretrainResumeExact(t *testing.T) {
 // checkpoint with the run's seed and budget reproduces the run's last
 // validation rows (they share the code), and is deterministic.
 func TestEvalMatchesValidation(t *testing.T) {
+	// The end of training (num_train_steps) validates once more.
 	cfg, w := pretrainConfig(t, "valid_steps: 100\nsave_steps: 100")
 	run := t.TempDir()
-	if out, err := runUniter(t, "pretrain", "--config", cfg, "--quiet", "--output", run, "--steps", "3"); err != nil {
+	if out, err := runUniter(t, "pretrain", "--config", cfg, "--quiet", "--output", run, "--set", "num_train_steps=3"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	evalArgs := []string{"eval", "--task", "pretrain", "--txt-db", w + "/txt/pretrain_val.db", "--img-db", w + "/img/synth_val",
@@ -210,7 +211,8 @@ func TestEvalErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--task", "vqa"}, "task vqa: not available yet"},
+		{[]string{"--task", "vcr"}, "task vcr: not available yet"},
+		{[]string{"--task", "vqa"}, "--checkpoint is required"},
 		{[]string{"--task", "caption"}, `--task "caption"`},
 		{[]string{"--task", "pretrain", "--tasks", "mlm,vqa"}, `--tasks "vqa"`},
 		{[]string{"--task", "pretrain"}, "exactly one of --checkpoint and --init-seed"},

@@ -68,7 +68,7 @@ func writeBenchWorld(tb testing.TB, dir string, n int) (*db.TxtDB, *db.ImgDB) {
 func BenchmarkLoader(b *testing.B) {
 	txt, img := writeBenchWorld(b, b.TempDir(), 256)
 	defer txt.Close()
-	set, err := NewPretrainSet(txt, img, PretrainOptions{Seed: 1})
+	set, err := NewPretrainSet(txt, img, PretrainOptions{Seed: 1, MaskProb: MaskProb, ITMNegProb: ITMNegProb})
 	if err != nil {
 		b.Fatal(err)
 	}

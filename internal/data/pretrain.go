@@ -31,9 +31,14 @@ type PretrainOptions struct {
 	Seed uint64
 	// ImgDim is the region feature size; 0 reads it from the first image.
 	ImgDim int
-	// MaskProb is the MLM and MRM selection probability (0: MaskProb).
+	// MaskProb is the chance a region is masked in MRFR, MRC and MRC-kl
+	// (mrm_prob, officially MaskProb). Zero is a valid value, not a
+	// default: each example then masks the one region that is forced. MLM
+	// always selects words with the original's fixed MaskProb.
 	MaskProb float64
-	// ITMNegProb is the ITM negative probability (0: ITMNegProb).
+	// ITMNegProb is the chance an ITM example gets a mismatched image
+	// (itm_neg_prob, officially ITMNegProb). Zero is a valid value, not a
+	// default: every ITM example keeps its image.
 	ITMNegProb float64
 }
 
@@ -61,16 +66,17 @@ type itmEpoch struct {
 }
 
 // NewPretrainSet reads the ids, text lengths and region counts of txt and
-// img and keeps this rank's share.
+// img and keeps this rank's share. The probabilities of opts are used as
+// given (callers pass MaskProb and ITMNegProb for the official settings).
 func NewPretrainSet(txt *db.TxtDB, img *db.ImgDB, opts PretrainOptions) (*PretrainSet, error) {
 	if opts.World == 0 {
 		opts.World = 1
 	}
-	if opts.MaskProb == 0 {
-		opts.MaskProb = MaskProb
+	if !(opts.MaskProb >= 0 && opts.MaskProb <= 1) {
+		return nil, fmt.Errorf("pretrain data: region mask probability %v is not in [0, 1]", opts.MaskProb)
 	}
-	if opts.ITMNegProb == 0 {
-		opts.ITMNegProb = ITMNegProb
+	if !(opts.ITMNegProb >= 0 && opts.ITMNegProb <= 1) {
+		return nil, fmt.Errorf("pretrain data: ITM negative probability %v is not in [0, 1]", opts.ITMNegProb)
 	}
 	ids, err := Shard(txt.IDs(opts.MaxTxtLen), opts.Rank, opts.World)
 	if err != nil {

@@ -22,7 +22,7 @@ func testPretrainSet(t *testing.T, opts PretrainOptions) *PretrainSet {
 }
 
 func TestPretrainExamples(t *testing.T) {
-	set := testPretrainSet(t, PretrainOptions{Seed: 3})
+	set := testPretrainSet(t, PretrainOptions{Seed: 3, MaskProb: MaskProb, ITMNegProb: ITMNegProb})
 	if set.ImgDim() != 32 || set.Len() != 16*5 {
 		t.Fatalf("ImgDim %d Len %d", set.ImgDim(), set.Len())
 	}
@@ -113,7 +113,7 @@ func TestPretrainExamples(t *testing.T) {
 }
 
 func TestPretrainITM(t *testing.T) {
-	set := testPretrainSet(t, PretrainOptions{Seed: 3})
+	set := testPretrainSet(t, PretrainOptions{Seed: 3, MaskProb: MaskProb, ITMNegProb: ITMNegProb})
 	neg := 0
 	lens, _ := set.Lens(TaskITM, 2)
 	for i := range set.Len() {
@@ -141,10 +141,10 @@ func TestPretrainITM(t *testing.T) {
 func TestPretrainShards(t *testing.T) {
 	var all []string
 	for rank := range 3 {
-		set := testPretrainSet(t, PretrainOptions{Seed: 3, Rank: rank, World: 3})
+		set := testPretrainSet(t, PretrainOptions{Seed: 3, Rank: rank, World: 3, MaskProb: MaskProb, ITMNegProb: ITMNegProb})
 		all = append(all, set.IDs()...)
 	}
-	full := testPretrainSet(t, PretrainOptions{Seed: 3})
+	full := testPretrainSet(t, PretrainOptions{Seed: 3, MaskProb: MaskProb, ITMNegProb: ITMNegProb})
 	slices.Sort(all)
 	if !reflect.DeepEqual(all, full.IDs()) {
 		t.Errorf("shards cover %d ids, the set has %d", len(all), full.Len())
@@ -158,7 +158,7 @@ func TestPretrainShards(t *testing.T) {
 // TestPretrainLoaderDeterministic builds two epochs of every task with one
 // and with four workers and requires identical batches.
 func TestPretrainLoaderDeterministic(t *testing.T) {
-	set := testPretrainSet(t, PretrainOptions{Seed: 3})
+	set := testPretrainSet(t, PretrainOptions{Seed: 3, MaskProb: MaskProb, ITMNegProb: ITMNegProb})
 	run := func(task string, workers int) []*Batch {
 		stream := NewBatchStream(NewTokenBucketSampler(400, 9, false), set.LensFunc(task), 2)
 		l := NewLoader(context.Background(), stream, set.Build(task), workers, 3)

@@ -343,7 +343,7 @@ func (s *synthesizer) writeImgDB(rel string, split uint64, jobs []renderJob) err
 			_, err = w.Put(jobs[pos.Batch].fname, raw)
 		}
 		if err != nil {
-			w.Close()
+			w.Abort()
 			return err
 		}
 	}

@@ -51,6 +51,12 @@ func LoadVocab(path string) (*Vocab, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vocab: %w", err)
 	}
+	return parseVocab(raw, path)
+}
+
+// parseVocab parses the contents of a vocab.txt; name says where it came
+// from in errors.
+func parseVocab(raw []byte, name string) (*Vocab, error) {
 	var toks []string
 	sc := bufio.NewScanner(bytes.NewReader(raw))
 	sc.Buffer(make([]byte, 1<<16), 1<<20)
@@ -58,10 +64,10 @@ func LoadVocab(path string) (*Vocab, error) {
 		toks = append(toks, strings.TrimFunc(sc.Text(), isPySpace))
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("vocab %s: %w", path, err)
+		return nil, fmt.Errorf("vocab %s: %w", name, err)
 	}
 	if len(toks) == 0 {
-		return nil, fmt.Errorf("vocab %s: empty", path)
+		return nil, fmt.Errorf("vocab %s: empty", name)
 	}
 	return NewVocab(toks), nil
 }

@@ -3,6 +3,7 @@ package db
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -57,10 +58,14 @@ func f16Array(v []float16.Float16, rows, cols int) Array {
 	return Array{Dtype: "<f2", Shape: []int{rows, cols}, Data: data}
 }
 
-// ImgWriter builds an img_db. It is not safe for concurrent use.
+// ImgWriter builds an img_db. It is not safe for concurrent use. The LMDB
+// is written to a hidden temporary directory beside its final place and
+// moved there by Close, so a build that fails, or is abandoned with Abort,
+// leaves nothing that looks like a db.
 type ImgWriter struct {
 	dir        string
 	path       string
+	tmp        string
 	opts       ImgDBOptions
 	layout     layoutKind
 	compressed bool
@@ -70,11 +75,15 @@ type ImgWriter struct {
 	closed     bool
 }
 
-// CreateImgDB creates an img_db in dir with the layout opts select:
-// feat_th{conf}_max{max}_min{min} (regions truncated to nbb, plus the nbb
-// json), feat_numbb{n} when ConfTh is -1 (exactly NumBB regions), or "all"
-// with KeepAll (every region); "_compressed" with npz values when
-// compressed. The LMDB sub-directory must not exist yet.
+// CreateImgDB creates an img_db in dir with the layout opts select, storing
+// what the official convert_imgdir.py stores: in
+// feat_th{conf}_max{max}_min{min} the first nbb = min(max_bb, max(min_bb,
+// #(conf > conf_th))) regions (every region of an image with fewer), plus
+// the nbb json; with ConfTh -1 the same rule (every region up to MaxBB)
+// in feat_numbb{NumBB}, where NumBB only names the directory and no nbb
+// json is written; with KeepAll every region in "all". Compressed dbs get
+// npz values and the "_compressed" suffix. The LMDB sub-directory must not
+// exist yet, or be empty.
 func CreateImgDB(dir string, opts ImgDBOptions, compressed bool) (*ImgWriter, error) {
 	w := &ImgWriter{dir: dir, opts: opts, layout: opts.writeLayout(), compressed: compressed, name2nbb: map[string]int{}}
 	sub := opts.layoutName(w.layout)
@@ -82,15 +91,60 @@ func CreateImgDB(dir string, opts ImgDBOptions, compressed bool) (*ImgWriter, er
 		sub += "_compressed"
 	}
 	w.path = filepath.Join(dir, sub)
-	if _, err := os.Stat(filepath.Join(w.path, "data.mdb")); err == nil {
-		return nil, fmt.Errorf("img_db %s: already holds a db (data.mdb)", w.path)
-	}
-	env, err := lmdb.Create(w.path, lmdb.Options{})
+	tmp, err := StageDir(w.path)
 	if err != nil {
+		return nil, fmt.Errorf("img_db %w", err)
+	}
+	env, err := lmdb.Create(tmp, lmdb.Options{})
+	if err != nil {
+		os.RemoveAll(tmp)
 		return nil, fmt.Errorf("img_db %s: %w", dir, err)
 	}
-	w.env = env
+	w.tmp, w.env = tmp, env
 	return w, nil
+}
+
+// StageDir prepares building a db directory at final without ever showing
+// a partial one there: it creates final's parent if needed and returns a
+// new hidden, world-readable directory beside final to build in, which
+// CommitDir then moves to final. final must not exist, or be an empty
+// directory. Errors start with final.
+func StageDir(final string) (string, error) {
+	if ents, err := os.ReadDir(final); err == nil && len(ents) > 0 {
+		return "", fmt.Errorf("%s: already exists and is not empty (remove it to rebuild)", final)
+	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("%s: %w", final, err)
+	}
+	parent, base := filepath.Split(final)
+	if parent == "" {
+		parent = "."
+	}
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return "", fmt.Errorf("%s: %w", final, err)
+	}
+	tmp, err := os.MkdirTemp(parent, "."+base+".tmp-")
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", final, err)
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		os.RemoveAll(tmp)
+		return "", fmt.Errorf("%s: %w", final, err)
+	}
+	return tmp, nil
+}
+
+// CommitDir moves the directory tmp that StageDir returned to final; on
+// error tmp is left for the caller to remove. Errors start with final.
+func CommitDir(tmp, final string) error {
+	// os.Rename refuses to replace a directory, even an empty one; Remove
+	// deletes only an empty one, which StageDir allowed.
+	if err := os.Remove(final); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%s: %w", final, err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return fmt.Errorf("%s: %w", final, err)
+	}
+	return nil
 }
 
 // Path returns the LMDB sub-directory being written.
@@ -122,23 +176,16 @@ func (w *ImgWriter) Put(fname string, raw RawImage) (int, error) {
 	if raw.rawConf.Dtype != "" {
 		conf = raw.rawConf
 	}
-	var nbb int
-	switch w.layout {
-	case layoutTh:
+	nbb := raw.N
+	if w.layout != layoutAll {
+		// The official converter counts conf > conf_th for feat_numbb too
+		// (conf_th -1 counts every region) and stores arr[:nbb], which is
+		// every row when the image has fewer; record what is stored.
 		n, err := CountNBB(conf, w.opts)
 		if err != nil {
 			return 0, errorf("conf: %v", err)
 		}
-		// The official converter stores arr[:nbb], which is every row when
-		// the image has fewer than min_bb; record what is stored.
 		nbb = min(n, raw.N)
-	case layoutNumBB:
-		if raw.N < w.opts.NumBB {
-			return 0, errorf("%d regions, fewer than num_bb %d", raw.N, w.opts.NumBB)
-		}
-		nbb = w.opts.NumBB
-	default:
-		nbb = raw.N
 	}
 	arrays := map[string]Array{
 		"norm_bb":  f16Array(raw.NormBB, nbb, 6),
@@ -161,14 +208,29 @@ func (w *ImgWriter) Put(fname string, raw RawImage) (int, error) {
 }
 
 // Close stores __keys__ (every name, in put order), commits the LMDB
-// environment and, for the feat_th layout, writes the nbb json atomically.
-// The "all" layout gets no nbb json: the official reader takes its presence
-// to mean a feat_th sub-directory exists.
+// environment, moves it to Path and, for the feat_th layout, writes the nbb
+// json atomically. On error nothing is left at Path. The "all" layout gets
+// no nbb json: the official reader takes its presence to mean a feat_th
+// sub-directory exists.
 func (w *ImgWriter) Close() error {
 	if w.closed {
 		return nil
 	}
 	w.closed = true
+	if err := w.commit(); err != nil {
+		os.RemoveAll(w.tmp)
+		return err
+	}
+	if w.layout == layoutTh {
+		if err := writeJSONAtomic(filepath.Join(w.dir, w.opts.NBBFile()), w.name2nbb); err != nil {
+			os.RemoveAll(w.path)
+			return fmt.Errorf("img_db %s: %w", w.dir, err)
+		}
+	}
+	return nil
+}
+
+func (w *ImgWriter) commit() error {
 	keys, err := json.Marshal(append([]string{}, w.names...))
 	if err != nil {
 		return fmt.Errorf("img_db %s: %w", w.path, err)
@@ -180,10 +242,19 @@ func (w *ImgWriter) Close() error {
 	if err := w.env.Close(); err != nil {
 		return fmt.Errorf("img_db %s: %w", w.path, err)
 	}
-	if w.layout == layoutTh {
-		if err := writeJSONAtomic(filepath.Join(w.dir, w.opts.NBBFile()), w.name2nbb); err != nil {
-			return fmt.Errorf("img_db %s: %w", w.dir, err)
-		}
+	if err := CommitDir(w.tmp, w.path); err != nil {
+		return fmt.Errorf("img_db %w", err)
 	}
 	return nil
+}
+
+// Abort abandons the db: the images put so far are discarded and nothing
+// is left at Path. Close after Abort does nothing.
+func (w *ImgWriter) Abort() {
+	if w.closed {
+		return
+	}
+	w.closed = true
+	w.env.Close()
+	os.RemoveAll(w.tmp)
 }

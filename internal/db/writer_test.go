@@ -15,6 +15,8 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 	"github.com/x448/float16"
+
+	"uniter/internal/lmdb"
 )
 
 func newRand() *rand.Rand { return rand.New(rand.NewPCG(1, 2)) }
@@ -165,7 +167,9 @@ func imgCases() []imgCase {
 	return []imgCase{
 		{th, false, "feat_th0.2_max100_min10", map[string]int{"a.npz": 12, "b.npz": 10, "c.npz": 100, "d.npz": 10}, map[string]int{"a.npz": 12, "b.npz": 10, "c.npz": 100, "d.npz": 10}},
 		{th, true, "feat_th0.2_max100_min10_compressed", map[string]int{"a.npz": 12, "b.npz": 10, "c.npz": 100, "d.npz": 10}, map[string]int{"a.npz": 12, "b.npz": 10, "c.npz": 100, "d.npz": 10}},
-		{numbb, false, "feat_numbb4", map[string]int{"a.npz": 4, "b.npz": 4, "c.npz": 4, "d.npz": 4}, map[string]int{"a.npz": 4, "b.npz": 4, "c.npz": 4, "d.npz": 4}},
+		// conf_th -1 stores every region up to max_bb, as the official
+		// converter; num_bb only names the directory and limits what is read.
+		{numbb, false, "feat_numbb4", map[string]int{"a.npz": 14, "b.npz": 16, "c.npz": 100, "d.npz": 11}, map[string]int{"a.npz": 4, "b.npz": 4, "c.npz": 4, "d.npz": 4}},
 		{all, true, "all_compressed", map[string]int{"a.npz": 14, "b.npz": 16, "c.npz": 120, "d.npz": 11}, map[string]int{"a.npz": 12, "b.npz": 10, "c.npz": 100, "d.npz": 10}},
 	}
 }
@@ -252,6 +256,112 @@ func TestImgWriterRoundTrip(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestImgWriterNumBBFewRegions writes a ground-truth style db (5 to 20 boxes
+// an image) with conf_th -1 and num_bb 100, as RE's and VCR's gt dbs are:
+// every region is stored and no nbb json is written.
+func TestImgWriterNumBBFewRegions(t *testing.T) {
+	dir := t.TempDir()
+	opts := DefaultImgDBOptions()
+	opts.ConfTh, opts.NumBB = -1, 100
+	w, err := CreateImgDB(dir, opts, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := newRand()
+	regions := map[string]int{"gt_a.npz": 5, "gt_b.npz": 12, "gt_c.npz": 20}
+	raws := map[string]RawImage{}
+	for _, n := range []string{"gt_a.npz", "gt_b.npz", "gt_c.npz"} {
+		// Ground-truth boxes carry confidence 1 in the extractor output;
+		// low ones must not matter with conf_th -1.
+		raws[n] = randRaw(rng, regions[n], 8, 3, regions[n]/2)
+		got, err := w.Put(n, raws[n])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != regions[n] {
+			t.Errorf("%s: stored %d rows, want %d", n, got, regions[n])
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != 1 || ents[0].Name() != "feat_numbb100" {
+		t.Errorf("dir holds %v, want feat_numbb100 alone (no nbb json, no temporary)", ents)
+	}
+	// What the official reader would see: every stored row.
+	env, err := lmdb.Open(filepath.Join(dir, "feat_numbb100"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Close()
+	for n, want := range regions {
+		b, err := env.Get([]byte(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		arrays, err := DecodeImgValue(b, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw := raws[n]
+		feat := arrays["features"]
+		if !reflect.DeepEqual(feat.Shape, []int{want, raw.D}) || !reflect.DeepEqual(arrays["soft_labels"].Shape, []int{want, raw.L}) {
+			t.Errorf("%s: features %v soft_labels %v, want %d rows", n, feat.Shape, arrays["soft_labels"].Shape, want)
+		}
+		if got, err := toFloat32(feat); err != nil || !reflect.DeepEqual(got, f16Rows(raw.Features, want, raw.D)) {
+			t.Errorf("%s: features differ (%v)", n, err)
+		}
+	}
+}
+
+// TestImgWriterAtomic: until Close succeeds nothing looks like a db, and
+// Abort leaves nothing behind.
+func TestImgWriterAtomic(t *testing.T) {
+	dir := t.TempDir()
+	c := imgCases()[0]
+	w, err := CreateImgDB(dir, c.opts, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Put("a.npz", imgRaws()["a.npz"]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenImgDB(dir, c.opts); err == nil {
+		t.Error("a db being written can be opened")
+	}
+	w.Abort()
+	if err := w.Close(); err != nil {
+		t.Errorf("Close after Abort: %v", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("Abort left %v", ents)
+	}
+	// An empty sub-directory is taken over; a non-empty one is refused.
+	sub := filepath.Join(dir, c.sub)
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeImgDB(t, dir, c)
+	if _, err := CreateImgDB(dir, c.opts, false); err == nil || !strings.Contains(err.Error(), sub) {
+		t.Errorf("rebuilding over a db: %v", err)
+	}
+	ents, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if want := []string{c.sub, c.opts.NBBFile()}; !reflect.DeepEqual(names, want) {
+		t.Errorf("dir holds %v, want %v", names, want)
+	}
+	if st, err := os.Stat(sub); err != nil || st.Mode().Perm() != 0o755 {
+		t.Errorf("db dir mode: %v %v", st.Mode(), err)
 	}
 }
 

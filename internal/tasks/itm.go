@@ -24,7 +24,7 @@ func (p *Pretrain) itm(b *data.Batch, backward bool, gradScale float32) (Result,
 	}
 	be := p.M.Backend()
 	logits := p.H.ITM()
-	loss, correct := xent(be, logits, b.Labels, -1, 0, gradScale)
+	loss, correct := xent(be, logits, b.Labels, -1, 0, gradScale, nil)
 	if backward {
 		p.H.ITMBackward(logits)
 	}

@@ -21,7 +21,7 @@ func TestXentMatchesPyTorch(t *testing.T) {
 			shape := r.tensor(c.name + "/logits").Shape
 			logits := be.FromF32(r.f32(c.name+"/logits"), shape...)
 			const scale = 4
-			loss, correct := xent(be, logits, r.i32(c.name+"/labels"), c.ignore, c.from, scale)
+			loss, correct := xent(be, logits, r.i32(c.name+"/labels"), c.ignore, c.from, scale, nil)
 			checkScalar(t, "loss", loss, r.scalar(c.name+"/loss"), refTol)
 			want := r.f32(c.name + "/grad")
 			for i := range want {

@@ -19,7 +19,7 @@ func (p *Pretrain) mlm(b *data.Batch, backward bool, gradScale float32) (Result,
 	}
 	be := p.M.Backend()
 	logits := p.H.MLM(be.FromI32(rows, len(rows)))
-	loss, correct := xent(be, logits, labels, -1, 0, gradScale)
+	loss, correct := xent(be, logits, labels, -1, 0, gradScale, nil)
 	if backward {
 		p.H.MLMBackward(logits)
 		p.backward()

@@ -33,7 +33,7 @@ func (p *Pretrain) mrc(b *data.Batch, backward bool, gradScale float32) (Result,
 	}
 	be := p.M.Backend()
 	logits := p.H.MRC(be.FromI32(rows, len(rows)))
-	loss, correct := xent(be, logits, b.MRCLabels, 0, 1, gradScale)
+	loss, correct := xent(be, logits, b.MRCLabels, 0, 1, gradScale, &p.mrcCols)
 	if backward {
 		p.H.MRCBackward(logits)
 		p.backward()
@@ -42,7 +42,11 @@ func (p *Pretrain) mrc(b *data.Batch, backward bool, gradScale float32) (Result,
 }
 
 // mrckl is MRC-kl (reference 3.3): kl_div(log_softmax(logits), soft_labels)
-// element-wise, averaged over all [n_masked, img_label_dim] elements.
+// element-wise, averaged over all [n_masked, img_label_dim] elements. A
+// region counts as correct when the argmax of its logits over all classes,
+// background included, is the argmax of its soft labels, as the
+// reference's validate_mrc scores MRC-kl (compute_accuracy_for_soft_targets
+// on the log-softmax and the soft labels).
 func (p *Pretrain) mrckl(b *data.Batch, backward bool, gradScale float32) (Result, error) {
 	rows, err := regionRows(b, seqLen(b))
 	if err != nil {
@@ -64,12 +68,32 @@ func (p *Pretrain) mrckl(b *data.Batch, backward bool, gradScale float32) (Resul
 	be := p.M.Backend()
 	n := len(rows)
 	logits := p.H.MRC(be.FromI32(rows, n))
+	// The argmax reads the logits before the gradient replaces them.
+	pred := argmaxFrom(be, logits, 0, nil)
+	correct := 0
+	for k, y := range pred {
+		if y == softArgmax(b.MRCSoft[k*classes:(k+1)*classes]) {
+			correct++
+		}
+	}
 	loss := softmaxKL(be, logits, be.FromF32(b.MRCSoft, n, classes), gradScale)
 	if backward {
 		p.H.MRCBackward(logits)
 		p.backward()
 	}
-	return Result{Loss: loss, Count: n}, nil
+	return Result{Loss: loss, Correct: correct, Count: n}, nil
+}
+
+// softArgmax is the class of a soft label row's largest value, the first
+// on ties as torch.max returns (the row holds no NaN: mrckl checks it).
+func softArgmax(soft []float32) int32 {
+	best := 0
+	for c, v := range soft {
+		if v > soft[best] {
+			best = c
+		}
+	}
+	return int32(best)
 }
 
 // softmaxKL returns the mean of kl_div(log_softmax(logits), target) over

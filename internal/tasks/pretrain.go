@@ -58,6 +58,9 @@ type Pretrain struct {
 	// (GradSeq, GradPooled) is rounded to fp16, so a too-large loss scale
 	// overflows to inf as it would on a GPU.
 	FP16 bool
+
+	// mrcCols selects MRC's non-background logits for the argmax.
+	mrcCols colSelect
 }
 
 // Step runs task ("mlm", "mrfr", "mrc", "mrckl" or "itm") on b: the
@@ -133,28 +136,81 @@ func (p *Pretrain) LossUnits(task string, b *data.Batch) int {
 // averaged over all n rows as the reference's loss.mean() does (ignored
 // rows count in n with loss 0). It overwrites logits with the gradient of
 // the mean times gradScale and returns the mean loss and how many rows'
-// argmax over classes [from, C) equals their label.
-func xent(be compute.Backend, logits *compute.Tensor, labels []int32, ignore int32, from int, gradScale float32) (float64, int) {
-	n, c := logits.Rows(), logits.Cols()
-	// The argmax needs the logits before the in-place gradient replaces
-	// them; the backend has no argmax, so they come to the host.
-	host := be.ToF32(logits)
+// argmax over classes [from, C) equals their label. The argmax runs on the
+// device before the gradient replaces the logits (cols selects the columns
+// when from > 0; nil builds the selection for this call).
+func xent(be compute.Backend, logits *compute.Tensor, labels []int32, ignore int32, from int, gradScale float32, cols *colSelect) (float64, int) {
+	n := logits.Rows()
+	pred := argmaxFrom(be, logits, from, cols)
 	correct := 0
 	for i, y := range labels {
-		row := host[i*c : (i+1)*c]
-		best := from
-		for j := from + 1; j < c; j++ {
-			if row[j] > row[best] {
-				best = j
-			}
-		}
-		if y != ignore && int32(best) == y {
+		if y != ignore && pred[i] == y {
 			correct++
 		}
 	}
 	loss := be.Alloc(compute.F32, n)
 	be.SoftmaxXent(loss, logits, logits, be.FromI32(labels, n), ignore, gradScale/float32(n))
 	return be.Sum(loss) / float64(n), correct
+}
+
+// argmaxFrom returns, for each row of x [n, C], the column of its largest
+// value among columns [from, C): torch's x[:, from:].max(-1)[1] + from,
+// the lowest column on ties and the first NaN if there is one. It runs on
+// the device and only the n indices come to the host; for from > 0 the
+// columns are first gathered (exact copies) into an [n, C-from] tensor.
+func argmaxFrom(be compute.Backend, x *compute.Tensor, from int, cols *colSelect) []int32 {
+	n, c := x.Rows(), x.Cols()
+	if n == 0 {
+		return nil
+	}
+	if from < 0 || from >= c {
+		panic(fmt.Sprintf("tasks: argmax from column %d of %d", from, c))
+	}
+	src := x
+	if from > 0 {
+		if cols == nil {
+			cols = &colSelect{}
+		}
+		w := c - from
+		flat := be.Alloc(compute.F32, n*w, 1)
+		be.Gather(flat, x.View(n*c, 1), cols.index(be, n, c, from))
+		src = flat.View(n, w)
+	}
+	idx := be.Alloc(compute.I32, n)
+	be.Argmax(idx, src)
+	pred := be.ToI32(idx)
+	for i := range pred {
+		pred[i] += int32(from)
+	}
+	return pred
+}
+
+// colSelect caches the device index that gathers columns [from, C) of an
+// [n, C] matrix seen as n*C rows of one value: row i*C+j for every i, then
+// j. The index of n rows is a prefix of that of more rows, so one index
+// serves every batch up to the largest seen.
+type colSelect struct {
+	be            compute.Backend
+	idx           *compute.Tensor
+	rows, c, from int
+}
+
+func (s *colSelect) index(be compute.Backend, n, c, from int) *compute.Tensor {
+	w := c - from
+	if s.idx == nil || s.be != be || s.c != c || s.from != from || s.rows < n {
+		rows := n
+		if s.idx != nil && s.be == be && s.c == c && s.from == from {
+			rows = max(n, 2*s.rows)
+		}
+		host := make([]int32, 0, rows*w)
+		for i := range rows {
+			for j := from; j < c; j++ {
+				host = append(host, int32(i*c+j))
+			}
+		}
+		*s = colSelect{be: be, idx: be.FromI32(host, rows*w), rows: rows, c: c, from: from}
+	}
+	return s.idx.View(n * w)
 }
 
 // regionRows returns the joint rows of the masked regions in target order

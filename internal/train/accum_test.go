@@ -27,7 +27,7 @@ func TestAccumulationEqualsBigBatch(t *testing.T) {
 	dbs := NewDBs(db.DefaultImgDBOptions())
 	defer dbs.Close()
 	ds, err := OpenDataset(dbs, []string{world(t, "txt/pretrain_train.db")}, []string{world(t, "img/synth_train")},
-		data.PretrainOptions{MaxTxtLen: 60, Seed: 9, ImgDim: mc.ImgDim}, mc.VocabSize)
+		data.PretrainOptions{MaxTxtLen: 60, Seed: 9, ImgDim: mc.ImgDim, MaskProb: data.MaskProb, ITMNegProb: data.ITMNegProb}, mc.VocabSize)
 	if err != nil {
 		t.Fatal(err)
 	}

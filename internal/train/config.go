@@ -190,6 +190,11 @@ func SetDefaults(v *viper.Viper, task string) {
 		if _, list := val.([]string); list || k == "model" || k == "train_datasets" || k == "val_datasets" || k == "task" {
 			continue
 		}
+		// Another task's keys stay unset, so that only a file or --set
+		// naming them draws the unused-key warning.
+		if len(unusedKeys(task, map[string]any{k: val})) > 0 {
+			continue
+		}
 		v.SetDefault(k, val)
 	}
 }
@@ -248,11 +253,18 @@ func DecodeConfig(v *viper.Viper, task string) (*Config, error) {
 	settings := v.AllSettings()
 	// NLVR2's official configs name the variant "model", which pretraining
 	// configs use for model-config overrides (a map).
+	foreignModel := false
 	if variant, ok := settings["model"].(string); ok {
-		settings["variant"] = variant
 		delete(settings, "model")
+		if foreignModel = task != "nlvr2"; !foreignModel {
+			settings["variant"] = variant
+		}
 	}
 	unused := unusedKeys(task, settings)
+	if foreignModel {
+		unused = append(unused, "model")
+		slices.Sort(unused)
+	}
 	for _, k := range unused {
 		delete(settings, k)
 	}
@@ -319,11 +331,50 @@ func decodeError(err error) error {
 	msg := de.Unwrap().Error()
 	if keys, ok := strings.CutPrefix(msg, "has invalid keys: "); ok {
 		if de.Name() == "" {
-			return fmt.Errorf("config: unknown key %s", keys)
+			return fmt.Errorf("config: unknown key %s%s", keys, suggestKey(keys))
 		}
 		return fmt.Errorf("config: %s: unknown key %s", de.Name(), keys)
 	}
 	return fmt.Errorf("config: %s: %s", de.Name(), strings.ReplaceAll(msg, "\n", "; "))
+}
+
+// suggestKey proposes the config key nearest to a misspelt one (edit
+// distance at most 2), as ", did you mean learning_rate?".
+func suggestKey(key string) string {
+	key, _, _ = strings.Cut(key, ",")
+	best, bestD := "", 3
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("mapstructure"), ",")
+		if d := editDistance(key, name); name != "-" && d < bestD {
+			best, bestD = name, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return ", did you mean " + best + "?"
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }
 
 // typeName says what a config field holds in words.

@@ -9,11 +9,11 @@ import (
 	"syscall"
 )
 
-// lockFile in an output directory is held (flock) by the run writing there,
+// LockFile in an output directory is held (flock) by the run writing there,
 // so a second run on the same --output refuses instead of interleaving
 // checkpoints and logs. The kernel drops the lock when the holder dies, so
 // a crashed run never leaves a stale lock behind.
-const lockFile = ".lock"
+const LockFile = ".lock"
 
 // dirLock is a held output-directory lock.
 type dirLock struct{ f *os.File }
@@ -24,7 +24,7 @@ func lockDir(dir, name string) (*dirLock, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	path := filepath.Join(dir, lockFile)
+	path := filepath.Join(dir, LockFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)

@@ -74,7 +74,7 @@ func TestPadFracDemoData(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer img.Close()
-	set, err := data.NewPretrainSet(txt, img, data.PretrainOptions{MaxTxtLen: 60, ImgDim: 8})
+	set, err := data.NewPretrainSet(txt, img, data.PretrainOptions{MaxTxtLen: 60, ImgDim: 8, MaskProb: data.MaskProb, ITMNegProb: data.ITMNegProb})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,12 @@
 package train
 
-// apex's dynamic loss scaler bounds the scale above by 2^24.
-const maxLossScale = 1 << 24
+// apex's dynamic loss scaler bounds the scale above by 2^24. Below, the
+// scale stops at 1: gradients that overflow unscaled are a diverged run,
+// which halving further would only hide behind skipped steps.
+const (
+	maxLossScale = 1 << 24
+	minLossScale = 1
+)
 
 // LossScaler is apex's dynamic loss scaler: losses are multiplied by Scale
 // before the backward so that fp16 gradients do not underflow; a window
@@ -25,7 +30,7 @@ func NewLossScaler(scale float64, window int) *LossScaler {
 // the window that was computed with it.
 func (s *LossScaler) Update(finite bool) (skip bool) {
 	if !finite {
-		s.Scale /= 2
+		s.Scale = max(minLossScale, s.Scale/2)
 		s.Clean = 0
 		return true
 	}

@@ -110,3 +110,23 @@ func TestUpdaterUnscalesAndClips(t *testing.T) {
 	NewAdamW(be, plain, AdamWOptions{Beta1: 0.9, Beta2: 0.98, Eps: 1e-6}).Step(0.1, 5/(50+1e-6)*10)
 	checkClose(t, "scaled and clipped update", be.ToF32(scaled[0].W), be.ToF32(plain[0].W), 1e-6)
 }
+
+// TestUpdaterScaleFloor checks that overflows halve the scale down to 1 and
+// that an overflow at scale 1 stops the run instead of skipping forever.
+func TestUpdaterScaleFloor(t *testing.T) {
+	be := compute.NewCPU(1)
+	params := updaterParams(be, []float32{float32(math.Inf(1))})
+	u := NewUpdater(be, params, NewAdamW(be, params, AdamWOptions{Beta1: 0.9, Beta2: 0.98, Eps: 1e-6}), -1, true, 4, 2000)
+	for _, want := range []float64{4, 2} {
+		info, err := u.Apply("vqa", 1e-3)
+		if err != nil || !info.Skipped || info.LossScale != want {
+			t.Fatalf("overflow at scale %v: %+v %v, want a skipped step", want, info, err)
+		}
+	}
+	if got := u.Scale("vqa"); got != 1 {
+		t.Fatalf("scale after two overflows from 4: %v, want the floor 1", got)
+	}
+	if _, err := u.Apply("vqa", 1e-3); err == nil || !strings.Contains(err.Error(), "minimum loss scale") {
+		t.Fatalf("overflow at the floor: err %v, want a diverged-run error", err)
+	}
+}

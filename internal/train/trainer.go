@@ -419,7 +419,10 @@ func (t *Trainer) Run(ctx context.Context) error {
 	if bar != nil {
 		_ = bar.Finish()
 	}
-	if t.lastValid != t.step {
+	// The end of training validates once more; a stop at --steps before
+	// num_train_steps is a pause, which a resume continues as if it had
+	// not happened (the same metrics.jsonl).
+	if t.lastValid != t.step && t.step >= t.cfg.NumTrainSteps {
 		if err := t.validate(); err != nil {
 			return err
 		}

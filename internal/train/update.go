@@ -69,6 +69,9 @@ func (u *Updater) Apply(key string, lr float64) (UpdateInfo, error) {
 	info := UpdateInfo{LossScale: scale}
 	finite := GradsFinite(u.be, u.params)
 	if u.fp16 {
+		if !finite && scale <= minLossScale {
+			return info, fmt.Errorf("%s: gradients overflow at the minimum loss scale %d: the run diverged (lower learning_rate or check the data)", key, minLossScale)
+		}
 		if u.scaler(key).Update(finite) {
 			info.Skipped = true
 			return info, nil
