@@ -19,27 +19,122 @@ Config preset base: H 768, L 12, A 12, I 3072, vocab 28996, img_dim 2048.
 Prints one JSON line, e.g.
   {"impl":"pytorch","torch":"1.13.0","threads":2,"mode":"fwdbwd","batch":8,
    "txt_len":40,"nbb":50,"ms_per_step":...,...}
+  * --mode train: fwdbwd plus an AdamW step over every parameter (as
+    `uniter bench --mode train`).
+  * --task vqa: the counterpart of `uniter bench --task vqa`, one VQA
+    fine-tuning step of UniterForVisualQuestionAnswering
+    (scripts/finetune_ref.py: the backbone, the pooler and vqa_output =
+    Linear(H,2H) -> GELU -> LayerNorm(2H) -> Linear(2H, 3129)) on the same
+    batch shape with random soft targets (three answers per example,
+    scores 0.3/0.6/0.9/1.0).  fwd: eval mode, no_grad, logits and the
+    training loss; fwdbwd: train mode (dropout on), the loss
+    BCE-with-logits mean * 3129 (train_vqa.py) and its backward; train:
+    fwdbwd plus clip_grad_norm_(2.0) and AdamW (betas 0.9/0.98, eps 1e-6,
+    weight decay 0.01 except biases and LayerNorm weights, lr 8e-5, head
+    lr x10: train-vqa-base.json), all fp32.
+
+Threads and BLAS (set before torch is imported, so OpenBLAS and OpenMP
+see them): OMP_NUM_THREADS and OPENBLAS_NUM_THREADS = --threads, and
+torch.set_num_threads(--threads).  OpenBLAS 0.3.21 does not recognise recent
+Xeons and falls back to its SSE3 "Prescott" kernels (README, Benchmarks);
+--coretype auto (default) sets OPENBLAS_CORETYPE to SkylakeX on an AVX-512
+CPU, Haswell on an AVX2 one, unless the environment already sets it;
+--coretype default leaves OpenBLAS's own choice.  The kernel family in use
+is reported as "blas_core".
+
 ms_per_step is the median over --steps timed steps after --warmup steps;
 gflops / tflops_per_s use the FLOP count of cmd/uniter/bench.go
-(forwardFLOPs, x3 for fwdbwd).
+(forwardFLOPs plus the VQA head, x3 unless fwd).
 """
 import argparse
+import ctypes
 import json
 import os
 import statistics
 import sys
 import time
 
-import torch
+HERE = os.path.dirname(os.path.abspath(__file__))
+VQA_ANSWERS = 3129
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+def cpu_coretype():
+    """OpenBLAS's name of the best kernel family this CPU runs, or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f
+                          if ln.startswith("flags")), [])
+    except OSError:
+        return None
+    if all(x in flags for x in ("avx512f", "avx512bw", "avx512dq",
+                                "avx512vl")):
+        return "SkylakeX"
+    if "avx2" in flags and "fma" in flags:
+        return "Haswell"
+    return None
+
+
+def parse_args():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="base", choices=["base", "large"])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--txt-len", type=int, default=40)
+    ap.add_argument("--nbb", type=int, default=50)
+    ap.add_argument("--mode", default="fwdbwd",
+                    choices=["fwd", "fwdbwd", "train"])
+    ap.add_argument("--task", default="", choices=["", "vqa"],
+                    help="vqa: the VQA head, loss and fine-tuning step")
+    ap.add_argument("--optim", default="foreach",
+                    choices=["foreach", "torch", "official"],
+                    help="train: torch.optim.AdamW with foreach=True "
+                    "(default), its per-tensor loop, or the official "
+                    "optim/adamw.py (scripts/train_ref.py)")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads (0: torch default)")
+    ap.add_argument("--coretype", default="auto",
+                    help="OPENBLAS_CORETYPE: auto (the CPU's family unless "
+                    "the environment sets one), default (OpenBLAS's own "
+                    "choice) or a name (SkylakeX, Haswell, ...)")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args()
+
+
+ARGS = parse_args()
+# Before torch (and the OpenBLAS it loads) is imported.
+if ARGS.threads > 0:
+    os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
+    os.environ["OPENBLAS_NUM_THREADS"] = str(ARGS.threads)
+if ARGS.coretype == "auto":
+    if "OPENBLAS_CORETYPE" not in os.environ and cpu_coretype():
+        os.environ["OPENBLAS_CORETYPE"] = cpu_coretype()
+elif ARGS.coretype != "default":
+    os.environ["OPENBLAS_CORETYPE"] = ARGS.coretype
+
+import torch  # noqa: E402
+
+sys.path.insert(0, HERE)
 from uniter_ref import (UniterConfig, UniterModel, boxes_7d,  # noqa: E402
                         build_joint_layout)
 
 
+def blas_core():
+    """The OpenBLAS kernel family torch's BLAS runs ("" if unknown)."""
+    for name in ("libopenblas.so.0", "libopenblas.so"):
+        try:
+            # RTLD_NOLOAD (4 on Linux): the copy torch already loaded.
+            lib = ctypes.CDLL(name, mode=os.RTLD_NOLOAD)
+        except OSError:
+            continue
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        return lib.openblas_get_corename().decode()
+    return ""
+
+
 def forward_flops(cfg, b, t, n):
     """Matmul + attention FLOPs of one forward, as forwardFLOPs in
-    cmd/uniter/bench.go (fwdbwd counts 3x)."""
+    cmd/uniter/bench.go (fwdbwd and train count 3x)."""
     h, i = float(cfg.hidden_size), float(cfg.intermediate_size)
     s = float(t + n)
     tokens = b * s
@@ -50,27 +145,41 @@ def forward_flops(cfg, b, t, n):
     return f
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="base", choices=["base", "large"])
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--txt-len", type=int, default=40)
-    ap.add_argument("--nbb", type=int, default=50)
-    ap.add_argument("--mode", default="fwdbwd", choices=["fwd", "fwdbwd"])
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch intra-op threads (0: torch default)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+def make_optimizer(model, head_prefix):
+    """AdamW as train_vqa.py builds it: decay / no-decay groups, the head's
+    learning rate times 10 (head_prefix None: no head)."""
+    no_decay = ("bias", "LayerNorm.weight")
+    lr, groups = 8e-5, {}
+    for name, p in model.named_parameters():
+        head = head_prefix is not None and name.startswith(head_prefix)
+        decay = not any(nd in name for nd in no_decay)
+        groups.setdefault((head, decay), []).append(p)
+    pg = [{"params": ps, "lr": lr * (10 if head else 1),
+           "weight_decay": 0.01 if decay else 0.0}
+          for (head, decay), ps in sorted(groups.items())]
+    if ARGS.optim == "official":
+        from train_ref import AdamW
+        return AdamW(pg, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW(pg, lr=lr, betas=(0.9, 0.98), eps=1e-6,
+                             foreach=ARGS.optim == "foreach")
 
+
+def main():
+    args = ARGS
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
     cfg = (UniterConfig.base() if args.preset == "base"
            else UniterConfig.large())
-    model = UniterModel(cfg, cfg.img_dim)
+    vqa = args.task == "vqa"
+    if vqa:
+        from finetune_ref import (UniterForVisualQuestionAnswering,
+                                  vqa_train_loss)
+        model = UniterForVisualQuestionAnswering(cfg, cfg.img_dim,
+                                                 VQA_ANSWERS)
+    else:
+        model = UniterModel(cfg, cfg.img_dim)
     B, T, N, H = args.batch, args.txt_len, args.nbb, cfg.hidden_size
 
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -85,22 +194,51 @@ def main():
     img_pos_feat = boxes_7d(norm_bb)
     attn_masks, gather_index, S = build_joint_layout([T] * B, [N] * B, T)
     R = torch.randn(B, S, H, generator=g)
+    targets = torch.zeros(B, VQA_ANSWERS)
+    scores = torch.tensor([0.3, 0.6, 0.9, 1.0])
+    for i in range(B):
+        idx = torch.randint(VQA_ANSWERS, (3,), generator=g)
+        targets[i, idx] = scores[torch.randint(4, (3,), generator=g)]
+    batch = {"input_ids": input_ids, "position_ids": position_ids,
+             "img_feat": img_feat, "img_pos_feat": img_pos_feat,
+             "attn_masks": attn_masks, "gather_index": gather_index,
+             "targets": targets}
+
+    train = args.mode == "train"
+    opt = make_optimizer(model, "vqa_output." if vqa else None) \
+        if train else None
+    params = [p for p in model.parameters()]
+
+    def loss_of():
+        if vqa:
+            logits = model(batch, compute_loss=False)
+            logits.argmax(dim=1)  # the predictions (and score) Step returns
+            return vqa_train_loss(logits, targets)
+        seq = model(input_ids, position_ids, img_feat, img_pos_feat,
+                    attn_masks, gather_index,
+                    output_all_encoded_layers=False)
+        if args.mode == "fwd":
+            model.pooler(seq)
+            return None
+        return (seq * R).sum()
 
     def step():
         if args.mode == "fwd":
             with torch.no_grad():
-                seq = model(input_ids, position_ids, img_feat, img_pos_feat,
-                            attn_masks, gather_index,
-                            output_all_encoded_layers=False)
-                model.pooler(seq)
-        else:
-            model.zero_grad(set_to_none=True)
-            seq = model(input_ids, position_ids, img_feat, img_pos_feat,
-                        attn_masks, gather_index,
-                        output_all_encoded_layers=False)
-            (seq * R).sum().backward()
+                loss = loss_of()
+                if loss is not None:
+                    loss.item()
+            return
+        model.zero_grad(set_to_none=True)
+        loss = loss_of()
+        loss.backward()
+        loss.item()
+        if train:
+            if vqa:
+                torch.nn.utils.clip_grad_norm_(params, 2.0)
+            opt.step()
 
-    model.train(args.mode == "fwdbwd")
+    model.train(args.mode != "fwd")
     for _ in range(args.warmup):
         step()
     times = []
@@ -109,12 +247,22 @@ def main():
         step()
         times.append((time.perf_counter() - t0) * 1e3)
     med = statistics.median(times)
-    flops = forward_flops(cfg, B, T, N) * (1 if args.mode == "fwd" else 3)
-    print(json.dumps({
+    flops = forward_flops(cfg, B, T, N)
+    if vqa:
+        flops += 2.0 * B * 2 * H * (H + VQA_ANSWERS)
+    flops *= 1 if args.mode == "fwd" else 3
+    out = {
         "impl": "pytorch",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "blas_core": blas_core(),
         "mode": args.mode,
+    }
+    if vqa:
+        out["task"] = "vqa"
+    if train:
+        out["optim"] = args.optim
+    out.update({
         "preset": args.preset,
         "batch": B,
         "txt_len": T,
@@ -128,7 +276,8 @@ def main():
         "tokens_per_s": round(B * S / (med / 1e3), 1),
         "gflops": round(flops / 1e9, 3),
         "tflops_per_s": round(flops / (med / 1e3) / 1e12, 5),
-    }))
+    })
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -340,8 +340,11 @@ def run_task(task, model, cfg, inp):
         correct = int(((scores[:, 1:].argmax(-1) + 1) == tgt).sum())
     elif task == "mrckl":
         scores = model.mrc_scores(seq, img_mask_tgt)
-        loss = F.kl_div(F.log_softmax(scores, dim=-1), inp["soft"],
-                        reduction='none').mean()
+        lsm = F.log_softmax(scores, dim=-1)
+        loss = F.kl_div(lsm, inp["soft"], reduction='none').mean()
+        # validate_mrc's MRC-kl accuracy: argmax over every class,
+        # background included, against the soft labels' argmax.
+        correct = int((lsm.argmax(-1) == inp["soft"].argmax(-1)).sum())
     else:
         targets = inp["itm_labels"]
         scores = model.itm_scores(seq)

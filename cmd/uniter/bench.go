@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"time"
@@ -22,6 +24,7 @@ func init() { subcommands = append(subcommands, newBenchCmd) }
 type benchOpts struct {
 	model, device, mode string
 	task                string
+	cpuProfile          string
 	fp16                bool
 	batch, txtLen, nbb  int
 	steps, warmup       int
@@ -90,6 +93,7 @@ head).`,
 	f.IntVar(&o.warmup, "warmup", 1, "untimed warm-up steps")
 	f.IntVar(&o.threads, "threads", 0, "CPU threads (0: all cores)")
 	f.Uint64Var(&o.seed, "seed", 1, "seed of weights and batch")
+	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a Go CPU profile of the timed steps to this file (go tool pprof)")
 	return cmd
 }
 
@@ -140,6 +144,17 @@ func runBench(o benchOpts) (*benchResult, error) {
 		if err := step(); err != nil {
 			return nil, err
 		}
+	}
+	if o.cpuProfile != "" {
+		pf, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return nil, err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return nil, err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	times := make([]float64, o.steps)
 	for i := range times {

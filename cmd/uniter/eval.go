@@ -69,11 +69,16 @@ length filter) with its img_db and writes DIR/metrics.json.
 --task pretrain evaluates the pretraining tasks exactly as the validation of
 "uniter pretrain" does (the same code): per task the reference's validation
 numbers, MLM loss and accuracy over masked tokens, MRFR loss per feature
-element, MRC loss and accuracy over masked regions, MRC-kl loss per masked
-region (KL summed over classes), ITM loss and accuracy plus the WRA
-ot_loss (and mean transport distance of matched and mismatched pairs).
-Masks and ITM negatives are drawn from --seed, so two checkpoints evaluated
-with the same seed see the same inputs. --init-seed evaluates a freshly
+element, MRC loss and accuracy over masked regions (non-background
+classes), MRC-kl loss per masked region (KL summed over classes) and
+accuracy (argmax over every class against the soft labels' argmax), ITM
+loss and accuracy plus the WRA ot_loss, ot_pos and ot_neg (summed
+transport distances of matched and of mismatched pairs per example, as the
+reference logs them) and ot_pos_mean, ot_neg_mean (mean distance per
+matched and per mismatched pair). Masks and ITM negatives are drawn from
+--seed, so two checkpoints evaluated with the same seed see the same
+inputs. --mrm-prob and --itm-neg-prob are used as given, 0 included
+(--itm-neg-prob 0: no negatives; --mrm-prob 0: one region per example). --init-seed evaluates a freshly
 initialised model instead of a checkpoint: with the pretraining run's seed
 and log/model.json it is that run's step-0 model.
 
@@ -86,7 +91,10 @@ official eval_nlvr2.py groups identifiers) and the official output file:
 vqa and ve results.json [{"answer", "question_id"}], nlvr2 results.csv
 (identifier,True|False). --save-logits adds ids.json and logits.npy
 (float32 [n, answers] or [n, 2]). A split without targets gives predictions
-only. vcr, re and itr are not available yet.`,
+only. --init-seed N with the run's --model-config evaluates the model a
+"uniter finetune" run with seed N starts from (its fresh head on the
+backbone of --checkpoint, if given): the untrained baseline. vcr, re and
+itr are not available yet.`,
 		Example: `  uniter eval --task pretrain --checkpoint runs/demo/out/ckpt/step_00002000 \
       --txt-db runs/demo/data/txt/pretrain_val.db --img-db runs/demo/data/img/synth_val --out runs/demo/eval
   uniter eval --task pretrain --init-seed 42 --model-config runs/demo/out/log/model.json \
@@ -116,8 +124,8 @@ only. vcr, re and itr are not available yet.`,
 	f.Uint64Var(&o.seed, "seed", 42, "seed of the masks and ITM negatives")
 	f.Int64Var(&o.initSeed, "init-seed", -1, "evaluate a model freshly initialised from this seed instead of --checkpoint (needs --model-config)")
 	f.IntVar(&o.maxTxtLen, "max-txt-len", -1, "drop texts with more word pieces (-1: keep all, as the reference's validation)")
-	f.Float64Var(&o.mrmProb, "mrm-prob", data.MaskProb, "masking probability of words and regions")
-	f.Float64Var(&o.itmNegProb, "itm-neg-prob", data.ITMNegProb, "probability of a mismatched image in ITM")
+	f.Float64Var(&o.mrmProb, "mrm-prob", data.MaskProb, "probability of masking a region in mrfr, mrc and mrckl, in [0, 1] (mlm masks words with 0.15)")
+	f.Float64Var(&o.itmNegProb, "itm-neg-prob", data.ITMNegProb, "probability of a mismatched image in itm, in [0, 1] (0: no negatives)")
 	f.Float64Var(&o.otLambda, "itm-ot-lambda", 0.1, "WRA weight (0: no optimal transport term)")
 	f.StringVar(&o.ans2label, "ans2label", "", "vqa: answer vocabulary (default: ans2label.json beside the checkpoint, else the official 3129 answers)")
 	f.StringVar(&o.variant, "variant", tasks.NLVR2PairedAttn, "nlvr2: "+strings.Join(tasks.NLVR2Variants, ", "))

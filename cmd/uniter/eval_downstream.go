@@ -13,7 +13,10 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"uniter/internal/atomicfile"
+	"uniter/internal/ckpt"
+	"uniter/internal/compute"
 	"uniter/internal/data"
+	"uniter/internal/model"
 	"uniter/internal/npy"
 	"uniter/internal/tasks"
 	"uniter/internal/train"
@@ -28,7 +31,7 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	m, sd, err := o.mf.build(be)
+	m, sd, err := downstreamModel(be, o)
 	if err != nil {
 		return err
 	}
@@ -48,7 +51,7 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	if len(rep.Missing) > 0 {
+	if len(rep.Missing) > 0 && o.initSeed < 0 {
 		// Scoring a randomly initialised head would look like a result.
 		return fmt.Errorf("eval --task %s: checkpoint %s has no %s head (missing %d parameters: %s); it holds %s: was it fine-tuned for another task or variant?",
 			o.task, o.mf.checkpoint, o.task, len(rep.Missing), strings.Join(rep.Missing[:min(3, len(rep.Missing))], ", "), headKeys(rep.Unexpected))
@@ -84,6 +87,9 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 	}
 	metrics := task.Metrics(ev)
 	report := map[string]any{"task": o.task, "checkpoint": o.mf.checkpoint, "txt_db": o.txtDB, "img_db": o.imgDB}
+	if o.initSeed >= 0 {
+		report["init_seed"] = o.initSeed
+	}
 	if o.task == "nlvr2" {
 		report["variant"] = o.variant
 	}
@@ -134,6 +140,36 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 	}
 	fmt.Fprintf(stderr, "eval: wrote %s\n", o.out)
 	return nil
+}
+
+// downstreamModel builds the model to evaluate and reads its weights: the
+// checkpoint's, or with --init-seed the model a "uniter finetune" run with
+// that seed and model config starts from (a fresh head on the backbone of
+// --checkpoint when given, else on a fresh backbone): the untrained
+// baseline of a run.
+func downstreamModel(be compute.Backend, o evalOpts) (*model.Model, *ckpt.StateDict, error) {
+	if o.initSeed < 0 {
+		return o.mf.build(be)
+	}
+	if o.mf.modelConfig == "" {
+		return nil, nil, fmt.Errorf("eval: --init-seed needs --model-config (e.g. the run's log/model.json)")
+	}
+	cfg, err := model.LoadConfig(o.mf.modelConfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	if o.mf.imgDim > 0 {
+		cfg.ImgDim = o.mf.imgDim
+	}
+	m, err := model.New(be, cfg, uint64(o.initSeed))
+	if err != nil {
+		return nil, nil, err
+	}
+	if o.mf.checkpoint == "" {
+		return m, nil, nil
+	}
+	sd, _, err := model.ReadCheckpoint(o.mf.checkpoint)
+	return m, sd, err
 }
 
 // headKeys summarises the head parameters of a checkpoint by their first

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -247,5 +248,39 @@ func TestFinetuneRefusals(t *testing.T) {
 				t.Errorf("failed run left %v", ck)
 			}
 		})
+	}
+}
+
+// TestEvalInitSeedIsStepZero: eval --init-seed with a run's seed and
+// log/model.json scores the model the run started from. A one-step run at
+// the schedule's floor learning rate (1e-8) barely moves it, so its
+// validation must give the same numbers to 1e-5.
+func TestEvalInitSeedIsStepZero(t *testing.T) {
+	w := finetuneWorld(t)
+	for _, task := range []string{"vqa", "nlvr2"} {
+		cfg := finetuneConfig(t, w, task, "")
+		run := t.TempDir()
+		if o, err := runUniter(t, "finetune", "--task", task, "--config", cfg, "--quiet", "--output", run, "--set", "learning_rate=1e-30",
+			"--set", "weight_decay=0", "--set", "warmup_steps=0", "--set", "num_train_steps=1"); err != nil {
+			t.Fatalf("%v\n%s", err, o)
+		}
+		recs := readRecords(t, run)
+		last := recs[len(recs)-1]
+		out := t.TempDir()
+		args := []string{"eval", "--task", task, "--init-seed", "7", "--model-config", filepath.Join(run, "log", "model.json"),
+			"--txt-db", w + "/txt/" + task + "_val.db", "--img-db", w + "/img/synth_val", "--batch-tokens", "2048", "--out", out}
+		if task == "vqa" {
+			args = append(args, "--ans2label", w+"/txt/vqa_train.db/ans2label.json")
+		}
+		if o, err := runUniter(t, args...); err != nil {
+			t.Fatalf("%v\n%s", err, o)
+		}
+		m := readJSON(t, filepath.Join(out, "metrics.json"))
+		for _, k := range []string{"acc", "loss"} {
+			g, v := m[k].(float64), last[k].(float64)
+			if math.Abs(g-v) > 1e-5*math.Abs(v) {
+				t.Errorf("%s: eval --init-seed %s %v, the run's step-1 validation %v", task, k, g, v)
+			}
+		}
 	}
 }

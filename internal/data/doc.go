@@ -14,7 +14,8 @@
 // Pretraining wires the pieces like this, once per task key (task and
 // dataset):
 //
-//	set, _ := data.NewPretrainSet(txt, img, data.PretrainOptions{MaxTxtLen: 60, Rank: r, World: w, Seed: seed})
+//	set, _ := data.NewPretrainSet(txt, img, data.PretrainOptions{MaxTxtLen: 60, Rank: r, World: w, Seed: seed,
+//		MaskProb: data.MaskProb, ITMNegProb: data.ITMNegProb})
 //	stream := data.NewBatchStream(data.NewTokenBucketSampler(10240, seed, true), set.LensFunc(data.TaskMLM), 0)
 //	stream.Seek(saved.Next()) // when resuming after the batch at saved
 //	loader := data.NewLoader(ctx, stream, set.Build(data.TaskMLM), workers, prefetch)

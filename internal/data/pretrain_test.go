@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"reflect"
 	"slices"
 	"testing"
@@ -207,5 +208,55 @@ func TestAppendRegions(t *testing.T) {
 	}
 	if _, err := Collate([]*Example{ex}, 2); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPretrainProbabilitiesAsGiven: zero is a probability like any other
+// (itm_neg_prob 0: no negatives; mrm_prob 0: only the forced region), one
+// masks every region or pairs every text with another image, and values
+// outside [0, 1] are refused.
+func TestPretrainProbabilitiesAsGiven(t *testing.T) {
+	for _, c := range []struct {
+		mask, neg    float64
+		masked, negs func(nbb, n int) bool
+	}{
+		{0, 0, func(nbb, n int) bool { return n == 1 }, func(_, n int) bool { return n == 0 }},
+		{1, 1, func(nbb, n int) bool { return n == nbb }, func(all, n int) bool { return n == all }},
+	} {
+		set := testPretrainSet(t, PretrainOptions{Seed: 3, MaskProb: c.mask, ITMNegProb: c.neg})
+		for epoch := range 2 {
+			neg := 0
+			for i := range set.Len() {
+				ex, err := set.Example(TaskITM, epoch, i)
+				if err != nil {
+					t.Fatal(err)
+				}
+				neg += int(1 - ex.Label)
+				for _, task := range []string{TaskMRFR, TaskMRC} {
+					ex, err := set.Example(task, epoch, i)
+					if err != nil {
+						t.Fatal(err)
+					}
+					n := 0
+					for _, m := range ex.ImgMask {
+						if m {
+							n++
+						}
+					}
+					if !c.masked(ex.NBB, n) {
+						t.Errorf("mask prob %v: %s example %d masks %d of %d regions", c.mask, task, i, n, ex.NBB)
+					}
+				}
+			}
+			if !c.negs(set.Len(), neg) {
+				t.Errorf("itm_neg_prob %v: epoch %d has %d negatives of %d", c.neg, epoch, neg, set.Len())
+			}
+		}
+	}
+	dir, _ := testWorld(t)
+	for _, o := range []PretrainOptions{{MaskProb: -0.1}, {MaskProb: 1.5}, {ITMNegProb: -1}, {ITMNegProb: 2}, {ITMNegProb: math.NaN()}, {MaskProb: math.NaN()}} {
+		if _, err := NewPretrainSet(openTxt(t, dir, "txt/pretrain_train.db"), openImg(t, dir, "img/synth_train"), o); err == nil {
+			t.Errorf("options %+v: no error", o)
+		}
 	}
 }

@@ -46,7 +46,11 @@ func (p *Pretrain) mrc(b *data.Batch, backward bool, gradScale float32) (Result,
 // region counts as correct when the argmax of its logits over all classes,
 // background included, is the argmax of its soft labels, as the
 // reference's validate_mrc scores MRC-kl (compute_accuracy_for_soft_targets
-// on the log-softmax and the soft labels).
+// on the log-softmax and the soft labels). The argmax is taken of the
+// logits themselves: log_softmax only subtracts a row constant, so the two
+// differ only where float32 rounding of x - max - logsumexp ties two
+// logits closer than an ulp of logsumexp (torch then takes the lower
+// class).
 func (p *Pretrain) mrckl(b *data.Batch, backward bool, gradScale float32) (Result, error) {
 	rows, err := regionRows(b, seqLen(b))
 	if err != nil {

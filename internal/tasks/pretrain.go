@@ -172,7 +172,7 @@ func argmaxFrom(be compute.Backend, x *compute.Tensor, from int, cols *colSelect
 			cols = &colSelect{}
 		}
 		w := c - from
-		flat := be.Alloc(compute.F32, n*w, 1)
+		flat := cols.flat.F32(be, n*w, 1)
 		be.Gather(flat, x.View(n*c, 1), cols.index(be, n, c, from))
 		src = flat.View(n, w)
 	}
@@ -188,11 +188,12 @@ func argmaxFrom(be compute.Backend, x *compute.Tensor, from int, cols *colSelect
 // colSelect caches the device index that gathers columns [from, C) of an
 // [n, C] matrix seen as n*C rows of one value: row i*C+j for every i, then
 // j. The index of n rows is a prefix of that of more rows, so one index
-// serves every batch up to the largest seen.
+// serves every batch up to the largest seen; flat is the gathered copy.
 type colSelect struct {
 	be            compute.Backend
 	idx           *compute.Tensor
 	rows, c, from int
+	flat          model.Buf
 }
 
 func (s *colSelect) index(be compute.Backend, n, c, from int) *compute.Tensor {
@@ -208,7 +209,7 @@ func (s *colSelect) index(be compute.Backend, n, c, from int) *compute.Tensor {
 				host = append(host, int32(i*c+j))
 			}
 		}
-		*s = colSelect{be: be, idx: be.FromI32(host, rows*w), rows: rows, c: c, from: from}
+		s.be, s.idx, s.rows, s.c, s.from = be, be.FromI32(host, rows*w), rows, c, from
 	}
 	return s.idx.View(n * w)
 }

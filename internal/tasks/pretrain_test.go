@@ -2,9 +2,12 @@ package tasks
 
 import (
 	"math"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
+	"uniter/internal/compute"
 	"uniter/internal/data"
 )
 
@@ -164,5 +167,63 @@ func TestStepErrors(t *testing.T) {
 	}
 	if _, err := p.Step(data.TaskMLM, nil, false, 1); err == nil {
 		t.Error("a nil batch ran")
+	}
+}
+
+// TestArgmaxFrom checks the device argmax of the heads' accuracies against
+// torch's x[:, from:].max(-1)[1] + from on the host: the lowest column on
+// ties, the first NaN, columns before from never chosen, and the cached
+// column index reused across batch sizes and rebuilt for another width.
+func TestArgmaxFrom(t *testing.T) {
+	be := compute.NewCPU(0)
+	rng := rand.New(rand.NewPCG(4, 2))
+	host := func(x []float32, c, from int) []int32 {
+		var out []int32
+		for i := 0; i < len(x)/c; i++ {
+			row := x[i*c : (i+1)*c]
+			best := from
+			for j := from; j < c; j++ {
+				if row[j] != row[j] {
+					best = j
+					break
+				}
+				if row[j] > row[best] {
+					best = j
+				}
+			}
+			out = append(out, int32(best))
+		}
+		return out
+	}
+	var cols colSelect
+	// rows is the size of the cached index after the case: grown to at
+	// least twice the old one, kept for fewer rows, rebuilt for another
+	// width or start (and untouched from 0, which gathers nothing).
+	for _, c := range []struct{ n, c, from, rows int }{
+		{3, 7, 1, 3}, {9, 7, 1, 9}, {2, 7, 1, 9}, {5, 31, 1, 5}, {4, 31, 0, 5}, {6, 31, 3, 6}, {1, 2, 1, 1},
+	} {
+		x := make([]float32, c.n*c.c)
+		for k := range x {
+			x[k] = float32(rng.IntN(4)) // many ties
+		}
+		x[0] = 10 // column 0 of row 0 is the largest
+		if c.n > 2 {
+			x[2*c.c+c.c-1] = float32(math.NaN())
+			x[2*c.c+c.c/2] = float32(math.Inf(1))
+		}
+		logits := be.FromF32(x, c.n, c.c)
+		got := argmaxFrom(be, logits, c.from, &cols)
+		if want := host(x, c.c, c.from); !slices.Equal(got, want) {
+			t.Errorf("%d x %d from %d: %v, want %v", c.n, c.c, c.from, got, want)
+		}
+		if !slices.Equal(be.ToF32(logits), x) && !slices.ContainsFunc(x, func(v float32) bool { return v != v }) {
+			t.Errorf("%d x %d: the logits changed", c.n, c.c)
+		}
+		if cols.rows != c.rows {
+			t.Errorf("%d x %d from %d: cached index of %d rows, want %d", c.n, c.c, c.from, cols.rows, c.rows)
+		}
+		if got1 := argmaxFrom(be, logits, c.from, nil); !slices.Equal(got1, got) {
+			t.Errorf("%d x %d from %d: %v without the cache, %v with it", c.n, c.c, c.from, got1, got)
+		}
 	}
 }

@@ -74,7 +74,7 @@ type Result struct {
 	// them). Nil for single-component tasks.
 	Parts map[string]float64
 	// Correct counts correct predictions (MLM tokens, MRC regions, ITM and
-	// NLVR2/VE examples); 0 for MRFR and MRC-kl.
+	// NLVR2/VE examples, MRC-kl regions); 0 for MRFR.
 	Correct int
 	// Count is the number of predictions the loss and Correct cover:
 	// masked tokens, masked regions or labelled examples.

@@ -1,6 +1,8 @@
 package train
 
 import (
+	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -143,5 +145,73 @@ func TestConfigOverrides(t *testing.T) {
 	}
 	if string(again.YAML()) != string(cfg.YAML()) {
 		t.Errorf("YAML round trip changed the config:\n%s\nvs\n%s", again.YAML(), cfg.YAML())
+	}
+}
+
+func decodeTask(t *testing.T, path, task string) (*Config, error) {
+	t.Helper()
+	v := viper.New()
+	SetDefaults(v, task)
+	if err := ReadConfigFile(v, path); err != nil {
+		t.Fatal(err)
+	}
+	return DecodeConfig(v, task)
+}
+
+// TestFinetuneConfigs loads the YAML copies of the official fine-tuning
+// configs and, written back as JSON files with the official keys, the
+// same as JSON: every key is read, none warned about, and the numbers are
+// the official ones (UNITER_REFERENCE.md 6).
+func TestFinetuneConfigs(t *testing.T) {
+	cases := []struct {
+		file, task                   string
+		tokens, accum, steps, warmup int
+		lr, lrMul                    float64
+		variant                      string
+		train                        int
+	}{
+		{"finetune-vqa-base-4gpu", "vqa", 5120, 5, 6000, 600, 8e-5, 10, "", 3},
+		{"finetune-vqa-large-8gpu", "vqa", 3072, 4, 5000, 500, 5e-5, 10, "", 3},
+		{"finetune-ve-base-2gpu", "ve", 4096, 4, 4000, 400, 8e-5, 1, "", 1},
+		{"finetune-ve-large-4gpu", "ve", 4096, 2, 4000, 400, 3e-5, 1, "", 1},
+		{"finetune-nlvr2-base-1gpu", "nlvr2", 10240, 1, 8000, 800, 3e-5, 1, "paired-attn", 1},
+		{"finetune-nlvr2-large-2gpu", "nlvr2", 5120, 2, 5000, 500, 2e-5, 1, "paired-attn", 1},
+	}
+	for _, c := range cases {
+		yamlPath := filepath.Join("..", "..", "configs", c.file+".yaml")
+		v := viper.New()
+		if err := ReadConfigFile(v, yamlPath); err != nil {
+			t.Fatal(err)
+		}
+		js, err := json.Marshal(v.AllSettings())
+		if err != nil {
+			t.Fatal(err)
+		}
+		jsonPath := filepath.Join(t.TempDir(), strings.Replace(c.file, "finetune-", "train-", 1)+".json")
+		if err := os.WriteFile(jsonPath, js, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for _, path := range []string{yamlPath, jsonPath} {
+			cfg, err := decodeTask(t, path, c.task)
+			if err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+			if len(cfg.Warnings) > 0 {
+				t.Errorf("%s: warnings %v", path, cfg.Warnings)
+			}
+			if cfg.TrainBatchSize != c.tokens || cfg.GradientAccumulationSteps != c.accum || cfg.NumTrainSteps != c.steps ||
+				cfg.WarmupSteps != c.warmup || cfg.LearningRate != c.lr || cfg.LRMul != c.lrMul || cfg.Variant != c.variant ||
+				len(cfg.TrainTxtDBs) != c.train || len(cfg.TrainImgDBs) != c.train || cfg.GradNorm != 2 || cfg.ValTxtDB == "" {
+				t.Errorf("%s: %+v", path, cfg)
+			}
+		}
+	}
+	// Another task's keys: loaded with one warning naming them.
+	cfg, err := decodeTask(t, filepath.Join("..", "..", "configs", "finetune-nlvr2-base-1gpu.yaml"), "ve")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Warnings) != 1 || !strings.Contains(cfg.Warnings[0], "model, use_img_type") {
+		t.Errorf("nlvr2 config for ve: warnings %q, want one naming model and use_img_type", cfg.Warnings)
 	}
 }

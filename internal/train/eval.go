@@ -68,15 +68,24 @@ func EvaluateDownstream(ctx context.Context, task tasks.Downstream, ds Dataset, 
 
 // EvaluateTask runs task over every example of ds (epoch 0: the masks and
 // ITM negatives the seed gives) in evaluation mode and reduces the results
-// as the reference's validate_* functions:
+// as the reference's validate_* functions of pretrain.py do, summing over
+// the batches and dividing once at the end:
 //
-//	mlm:   loss (cross-entropy per masked token), acc
-//	mrfr:  loss (squared error per feature element)
-//	mrc:   loss (cross-entropy per masked region), acc
-//	mrckl: loss (KL divergence per masked region, summed over classes)
-//	itm:   loss (cross-entropy per example), acc, and with WRA ot_loss,
-//	       ot_pos, ot_neg (mean transport distance of matched and
-//	       mismatched pairs)
+//	mlm:   loss (cross-entropy summed over masked tokens / their number),
+//	       acc (argmax over the vocabulary, per masked token)
+//	mrfr:  loss (squared error summed / (masked regions * img_dim))
+//	mrc:   loss (cross-entropy with class 0 ignored, summed / masked
+//	       regions), acc (argmax of logits[1:] against argmax of the soft
+//	       labels[1:], per masked region)
+//	mrckl: loss (KL divergence summed over classes and regions / masked
+//	       regions), acc (argmax of the logits over every class, background
+//	       included, against argmax of the soft labels, per masked region)
+//	itm:   loss (cross-entropy summed / examples), acc, and with WRA
+//	       ot_loss ((sum of matched - sum of mismatched distances) /
+//	       examples), ot_pos and ot_neg (the sums of matched and of
+//	       mismatched distances / examples: 0 without such pairs), and
+//	       ours, ot_pos_mean and ot_neg_mean (the mean distance of a matched
+//	       and of a mismatched pair, where there are some)
 //
 // plus n, the number of predictions. The model's train/eval mode is left in
 // evaluation mode.
@@ -115,6 +124,8 @@ func EvaluateTask(ctx context.Context, p *tasks.Pretrain, ds Dataset, task strin
 			for _, y := range b.Labels {
 				pos += int(y)
 			}
+			// Parts hold the batch's mean distances (absent without such
+			// pairs); the reference sums the distances themselves.
 			sumPos += res.Parts["ot_pos"] * float64(pos)
 			sumNeg += res.Parts["ot_neg"] * float64(b.B-pos)
 			nPos += pos
@@ -133,20 +144,25 @@ func EvaluateTask(ctx context.Context, p *tasks.Pretrain, ds Dataset, task strin
 	case data.TaskMLM, data.TaskMRC:
 		m["loss"], m["acc"] = sumLoss/n, float64(correct)/n
 	case data.TaskMRFR:
+		// Training averages over every feature element; the reference's
+		// validation sums and divides by img_dim and the masked regions.
 		m["loss"] = sumLoss / n
 	case data.TaskMRCKL:
 		// Training averages over every class of every region; the
 		// reference's validation sums over classes (reduction='sum' / n_feat).
 		m["loss"] = sumLoss / n * float64(p.M.Cfg.ImgLabelDim)
+		m["acc"] = float64(correct) / n
 	case data.TaskITM:
 		m["loss"], m["acc"] = sumXE/n, float64(correct)/n
 		if p.OTWeight != 0 {
+			// validate_itm divides every OT sum by the examples.
 			m["ot_loss"] = sumOT / n
+			m["ot_pos"], m["ot_neg"] = sumPos/n, sumNeg/n
 			if nPos > 0 {
-				m["ot_pos"] = sumPos / float64(nPos)
+				m["ot_pos_mean"] = sumPos / float64(nPos)
 			}
 			if nNeg > 0 {
-				m["ot_neg"] = sumNeg / float64(nNeg)
+				m["ot_neg_mean"] = sumNeg / float64(nNeg)
 			}
 		}
 	}

@@ -175,7 +175,7 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 	if err := atomicfile.WriteFile(filepath.Join(logDir, "config.yaml"), cfg.YAML()); err != nil {
 		return nil, fmt.Errorf("%s: log/config.yaml: %w", name, err)
 	}
-	if err := atomicfile.WriteFile(filepath.Join(logDir, "model.json"), t.m.Cfg.JSON()); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(logDir, "model.json"), mc.JSON()); err != nil {
 		return nil, fmt.Errorf("%s: log/model.json: %w", name, err)
 	}
 	if t.metrics, err = openMetrics(filepath.Join(logDir, "metrics.jsonl"), t.step, resumeFrom != ""); err != nil {
