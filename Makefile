@@ -47,6 +47,9 @@ cuda-check:
 # Regenerate the golden data from the PyTorch reference (python3-torch).
 golden:
 	$(PY) scripts/gen_golden.py
+	$(PY) scripts/finetune_ref.py
+	$(PY) scripts/gen_finetune_fixtures.py
+	$(PY) scripts/pretrain_val_ref.py
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -144,9 +144,9 @@ func runTraining(cmd *cobra.Command, o trainOpts) error {
 	if err := t.Run(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "%s: finished at step %d; logs in %s/log, checkpoints in %s/ckpt\n", cmd.Name(), t.Step(), cfg.OutputDir, cfg.OutputDir)
 	if ctx.Err() != nil {
-		return fmt.Errorf("%s: interrupted at step %d (checkpoint saved; continue with --resume)", cmd.Name(), t.Step())
+		return fmt.Errorf("%s: interrupted at step %d (checkpoint saved in %s/ckpt; continue with --resume)", cmd.Name(), t.Step(), cfg.OutputDir)
 	}
+	fmt.Fprintf(cmd.OutOrStdout(), "%s: finished at step %d; logs in %s/log, checkpoints in %s/ckpt\n", cmd.Name(), t.Step(), cfg.OutputDir, cfg.OutputDir)
 	return nil
 }

@@ -28,8 +28,8 @@
 // back once the batch has been copied to the device. Evaluation uses
 // SequentialBatches with a SliceSource instead of the sampler.
 //
-// Fine-tuning reads VQASet (VQA, and visual entailment as VQA with
-// VEAnswers answers) and NLVR2Set through the same Lens and Build, with
+// Fine-tuning reads VQASet (VQA, and visual entailment as VQA with three
+// answers) and NLVR2Set through the same Lens and Build, with
 // DownstreamOptions for the text limit, sharding and feature size. Their
 // batches carry soft Targets (VQA) or per-example Labels (NLVR2), nil on a
 // split without targets. An NLVR2 paired example spans two consecutive

@@ -7,10 +7,6 @@ import (
 	"uniter/internal/db"
 )
 
-// VEAnswers is the answer count of visual entailment, which is VQA over the
-// labels contradiction 0, entailment 1 and neutral 2.
-const VEAnswers = 3
-
 // DownstreamOptions configure the fine-tuning datasets (VQASet, NLVR2Set).
 type DownstreamOptions struct {
 	// MaxTxtLen drops texts with more word pieces; <= 0 keeps all.
@@ -176,7 +172,7 @@ type VQASet struct {
 
 // NewVQASet reads the ids, text lengths and region counts of txt and img
 // and keeps this rank's share. numAnswers is the size of ans2label.json
-// (3129 for VQA, VEAnswers for VE).
+// (3129 for VQA, 3 for VE).
 func NewVQASet(txt *db.TxtDB, img *db.ImgDB, numAnswers int, opts DownstreamOptions) (*VQASet, error) {
 	if numAnswers <= 0 {
 		return nil, fmt.Errorf("txt_db %s: %d answers", txt.Dir(), numAnswers)

@@ -33,7 +33,7 @@ func NewDownstream(name string, m *model.Model, o DownstreamOptions) (Downstream
 	case "vqa":
 		return NewVQA(m, "vqa", o.Answers, o.FP16)
 	case "ve":
-		return NewVQA(m, "ve", VEAnswers, o.FP16)
+		return NewVE(m, o.FP16)
 	case "nlvr2":
 		v := o.Variant
 		if v == "" {

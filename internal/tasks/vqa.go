@@ -12,9 +12,6 @@ import (
 	"uniter/internal/model"
 )
 
-// VEAnswers are SNLI-VE's labels in the official VE head's order.
-var VEAnswers = []string{"contradiction", "entailment", "neutral"}
-
 // VQA is visual question answering (reference 6), and with the three
 // VEAnswers visual entailment: the official head vqa_output, Linear(H,2H)
 // -> GELU -> LayerNorm(2H) -> Linear(2H, answers), on the pooled [CLS];

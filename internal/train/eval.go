@@ -26,20 +26,30 @@ type EvalOptions struct {
 	Progress func(done, total int)
 }
 
+// evalLoader reads every example of key's epoch 0 once, in dataset order,
+// in batches of at most o.Budget padded tokens; total is the number of
+// examples.
+func evalLoader(ctx context.Context, ds Dataset, key string, o EvalOptions) (*data.Loader[*data.Batch], int, error) {
+	lens, err := ds.Lens(key, 0)
+	if err != nil {
+		return nil, 0, err
+	}
+	batches, err := data.SequentialBatches(lens, o.Budget, 0)
+	if err != nil {
+		return nil, 0, err
+	}
+	return data.NewLoader(ctx, data.NewSliceSource(batches), ds.Build(key), o.Workers, 2*max(o.Workers, 1)), len(lens), nil
+}
+
 // EvaluateDownstream runs a downstream task over every example of ds in
 // evaluation mode, in the order of the dataset: uniter eval and the
 // validation of uniter finetune are this function.
 func EvaluateDownstream(ctx context.Context, task tasks.Downstream, ds Dataset, o EvalOptions) (*tasks.Eval, error) {
 	key := task.Name()
-	lens, err := ds.Lens(key, 0)
+	loader, total, err := evalLoader(ctx, ds, key, o)
 	if err != nil {
 		return nil, err
 	}
-	batches, err := data.SequentialBatches(lens, o.Budget, 0)
-	if err != nil {
-		return nil, err
-	}
-	loader := data.NewLoader(ctx, data.NewSliceSource(batches), ds.Build(key), o.Workers, 2*max(o.Workers, 1))
 	defer loader.Close()
 	task.Model().SetTrain(false)
 	ev := &tasks.Eval{KeepLogits: o.KeepLogits}
@@ -60,7 +70,7 @@ func EvaluateDownstream(ctx context.Context, task tasks.Downstream, ds Dataset, 
 			return nil, err
 		}
 		if o.Progress != nil {
-			o.Progress(len(ev.IDs), len(lens))
+			o.Progress(len(ev.IDs), total)
 		}
 	}
 	return ev, nil
@@ -90,15 +100,10 @@ func EvaluateDownstream(ctx context.Context, task tasks.Downstream, ds Dataset, 
 // plus n, the number of predictions. The model's train/eval mode is left in
 // evaluation mode.
 func EvaluateTask(ctx context.Context, p *tasks.Pretrain, ds Dataset, task string, o EvalOptions) (Metrics, error) {
-	lens, err := ds.Lens(task, 0)
+	loader, _, err := evalLoader(ctx, ds, task, o)
 	if err != nil {
 		return nil, err
 	}
-	batches, err := data.SequentialBatches(lens, o.Budget, 0)
-	if err != nil {
-		return nil, err
-	}
-	loader := data.NewLoader(ctx, data.NewSliceSource(batches), ds.Build(task), o.Workers, 2*max(o.Workers, 1))
 	defer loader.Close()
 	p.M.SetTrain(false)
 	var sumLoss, sumXE, sumOT, sumPos, sumNeg float64

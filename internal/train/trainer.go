@@ -533,7 +533,7 @@ func runWindow(p tasks.Task, task string, batches []*data.Batch, scale float64, 
 		}
 		w.tokens += b.Tokens()
 		w.slots += b.B * b.S
-		w.examples += b.B
+		w.examples += res.Examples
 	}
 	return w, nil
 }
