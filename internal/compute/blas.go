@@ -2,7 +2,6 @@ package compute
 
 /*
 #cgo LDFLAGS: -lopenblas
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cblas.h>
@@ -12,9 +11,7 @@ package compute
 // do nothing.
 extern void gotoblas_dynamic_init(void) __attribute__((weak));
 extern void gotoblas_dynamic_quit(void) __attribute__((weak));
-extern void openblas_read_env(void) __attribute__((weak));
 extern int blas_thread_shutdown_(void) __attribute__((weak));
-extern int blas_thread_init(void) __attribute__((weak));
 
 // uniter_blas_retarget re-runs OpenBLAS's kernel selection when it fell back
 // to the SSE3 "Prescott" kernels on a CPU it does not recognise (0.3.21 does
@@ -44,21 +41,14 @@ static void uniter_blas_retarget(void) {
 	unsetenv("OPENBLAS_CORETYPE");
 }
 
-// uniter_blas_short_spin restarts OpenBLAS's worker threads with an
-// OPENBLAS_THREAD_TIMEOUT of 2^exp cycles unless the user chose one. By
-// default a worker busy-waits for 2^28 cycles (about a tenth of a second)
-// after every threaded call, which on a small machine takes a core from the
-// goroutines running the operations between two products.
-static void uniter_blas_short_spin(int exp) {
-	char buf[8];
-	if (getenv("OPENBLAS_THREAD_TIMEOUT") != NULL || !openblas_read_env || !blas_thread_shutdown_ || !blas_thread_init)
-		return;
-	snprintf(buf, sizeof buf, "%d", exp);
-	setenv("OPENBLAS_THREAD_TIMEOUT", buf, 1);
-	openblas_read_env();
-	unsetenv("OPENBLAS_THREAD_TIMEOUT");
-	blas_thread_shutdown_();
-	blas_thread_init();
+// uniter_blas_single makes every OpenBLAS call run in its caller's thread
+// and stops the library's worker threads, which would otherwise busy-wait
+// after start-up. The CPU backend splits products between its own
+// goroutines (Gemm), so the workers are never needed.
+static void uniter_blas_single(void) {
+	openblas_set_num_threads(1);
+	if (blas_thread_shutdown_)
+		blas_thread_shutdown_();
 }
 */
 import "C"
@@ -68,20 +58,14 @@ import (
 	"unsafe"
 )
 
-// blasSpinExp sets the workers' busy-wait to 2^20 cycles, well under a
-// millisecond: long enough to stay awake between back-to-back products,
-// short enough not to compete with the operations after them. A sleeping
-// worker costs only a wake-up of some microseconds per product.
-const blasSpinExp = 20
-
 var configureOnce sync.Once
 
-// configureBLAS fixes OpenBLAS's kernel choice and worker spin once per
-// process, before the first CPU backend uses it and while no product runs.
+// configureBLAS fixes OpenBLAS's kernel choice and makes it single-threaded
+// once per process, before the first CPU backend uses it.
 func configureBLAS() {
 	configureOnce.Do(func() {
 		C.uniter_blas_retarget()
-		C.uniter_blas_short_spin(blasSpinExp)
+		C.uniter_blas_single()
 	})
 }
 
@@ -105,6 +89,3 @@ func sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 		(*C.float)(unsafe.Pointer(&b[0])), C.blasint(ldb),
 		C.float(beta), (*C.float)(unsafe.Pointer(&c[0])), C.blasint(ldc))
 }
-
-// setBLASThreads sets OpenBLAS's process-wide thread count.
-func setBLASThreads(n int) { C.openblas_set_num_threads(C.int(n)) }

@@ -44,11 +44,11 @@ func I32s(t *Tensor) []int32 {
 	return h[:t.Len()]
 }
 
-// CPU is the reference Backend: float32 host memory, OpenBLAS for Gemm and
-// goroutines for everything else. Operations are synchronous and may be
-// called from several goroutines on disjoint outputs; the OpenBLAS thread
-// count is process-wide, though, so concurrent callers may briefly run
-// their products with each other's thread count (attention drops it to 1).
+// CPU is the reference Backend: float32 host memory, OpenBLAS for the
+// matrix products and Go for everything else. Its goroutines are the only
+// threads doing its work: OpenBLAS runs single-threaded inside them, each
+// worker computing its block of a product. Operations are synchronous and
+// may be called from several goroutines on disjoint outputs.
 type CPU struct {
 	threads int
 	// scratch holds per-worker attention buffers between calls.
@@ -57,14 +57,14 @@ type CPU struct {
 
 var _ Backend = (*CPU)(nil)
 
-// NewCPU returns a CPU backend using threads goroutines and OpenBLAS threads
-// (threads <= 0 means runtime.NumCPU()).
+// NewCPU returns a CPU backend using threads goroutines (threads <= 0 means
+// runtime.NumCPU()).
 func NewCPU(threads int) *CPU {
 	if threads <= 0 {
 		threads = runtime.NumCPU()
 	}
 	configureBLAS()
-	setBLASThreads(threads)
+	startWorkers(threads - 1)
 	return &CPU{threads: threads}
 }
 
@@ -135,35 +135,11 @@ func (c *CPU) Copy(dst, src *Tensor) {
 	c.parallelFor(len(d), grainMemory, func(lo, hi int) { copy(d[lo:hi], s[lo:hi]) })
 }
 
-// Grains are the least work, in elements, worth handing to a goroutine:
-// starting one costs about a microsecond, so each chunk should take several.
+// Grains are the least work, in elements, worth a chunk of its own: handing
+// a chunk to a worker costs microseconds, so each should take several.
 const (
 	grainMemory  = 1 << 16 // copies and one-flop-per-element loops
 	grainCheap   = 1 << 14 // a few flops per element
 	grainCostly  = 1 << 11 // transcendental functions per element
 	sumBlockSize = 1 << 12 // fixed reduction blocks keep sums independent of threads
 )
-
-// parallelFor runs fn over [0, n) split into at most c.threads contiguous
-// chunks of at least grain items; the calling goroutine takes the first.
-func (c *CPU) parallelFor(n, grain int, fn func(lo, hi int)) {
-	if n <= 0 {
-		return
-	}
-	chunks := min(c.threads, (n+grain-1)/max(grain, 1))
-	if chunks <= 1 {
-		fn(0, n)
-		return
-	}
-	size := (n + chunks - 1) / chunks
-	var wg sync.WaitGroup
-	for lo := size; lo < n; lo += size {
-		wg.Add(1)
-		go func(lo, hi int) {
-			defer wg.Done()
-			fn(lo, hi)
-		}(lo, min(lo+size, n))
-	}
-	fn(0, size)
-	wg.Wait()
-}

@@ -3,7 +3,6 @@ package compute
 import (
 	"fmt"
 	"math"
-	"sync"
 	"sync/atomic"
 )
 
@@ -39,33 +38,22 @@ func (g attnGeom) seqLens(b int) (nq, nk int) {
 
 // forPairs runs fn(worker scratch, b, h) for every (sequence, head) pair.
 // Pairs are handed out dynamically because their cost grows with the
-// product of the query and key lengths. Each runs its small matrix products single-threaded in OpenBLAS:
-// nested BLAS threads would oversubscribe the cores the pairs already share.
+// product of the query and key lengths: each of up to c.threads lanes takes
+// the next pair until none is left.
 func (c *CPU) forPairs(g attnGeom, bufs int, fn func(scr []float32, b, h int)) {
 	pairs := g.b * g.heads
-	workers := min(c.threads, pairs)
-	if c.threads > 1 {
-		setBLASThreads(1)
-		defer setBLASThreads(c.threads)
-	}
 	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			scr := c.attnScratch(bufs * g.s * g.s)
-			defer c.scratch.Put(scr)
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= pairs {
-					return
-				}
-				fn(*scr, i/g.heads, i%g.heads)
+	c.parallelFor(min(c.threads, pairs), 1, func(int, int) {
+		scr := c.attnScratch(bufs * g.s * g.s)
+		defer c.scratch.Put(scr)
+		for {
+			i := int(next.Add(1) - 1)
+			if i >= pairs {
+				return
 			}
-		}()
-	}
-	wg.Wait()
+			fn(*scr, i/g.heads, i%g.heads)
+		}
+	})
 }
 
 // attnScratch returns a pooled buffer of at least n elements.

@@ -13,6 +13,9 @@ func (c *CPU) Add(dst, a, b *Tensor) {
 	MustLen("Add", "b", b, n)
 	d, as, bs := F32s(dst), F32s(a), F32s(b)
 	c.parallelFor(n, grainMemory, func(lo, hi int) {
+		if addVector(d[lo:hi], as[lo:hi], bs[lo:hi]) {
+			return
+		}
 		for i := lo; i < hi; i++ {
 			d[i] = as[i] + bs[i]
 		}

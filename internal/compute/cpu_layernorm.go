@@ -5,11 +5,15 @@ import "math"
 // LayerNormFwd normalises each row of x [M,N]: out = (x-mean)*rstd*gamma +
 // beta with biased variance. Statistics use two float64 passes (mean, then
 // squared deviations) so that rows with a large mean lose no precision;
-// mean and rstd are saved as float32.
+// mean and rstd are saved as float32. The AVX2 loops, where there are
+// some, compute the same values.
 func (c *CPU) LayerNormFwd(out, mean, rstd, x, gamma, beta *Tensor, eps float32) {
 	m, n := LayerNormFwdShape(out, mean, rstd, x, gamma, beta)
 	outs, ms, rs, xs, gs, bs := F32s(out), F32s(mean), F32s(rstd), F32s(x), F32s(gamma), F32s(beta)
 	c.parallelFor(m, rowsFor(grainCheap, n), func(lo, hi int) {
+		if layerNormFwdVector(outs[lo*n:hi*n], ms[lo:hi], rs[lo:hi], xs[lo*n:hi*n], gs, bs, hi-lo, n, eps) {
+			return
+		}
 		for i := lo; i < hi; i++ {
 			row := xs[i*n : (i+1)*n]
 			mu := sum64(row) / float64(n)
@@ -35,12 +39,14 @@ func (c *CPU) LayerNormBwd(dx, dgamma, dbeta, dout, x, mean, rstd, gamma *Tensor
 	c.parallelFor(n, rowsFor(grainCheap, m), func(lo, hi int) {
 		acc := make([]float64, 2*(hi-lo))
 		dg, db := acc[:hi-lo], acc[hi-lo:]
-		for i := range m {
-			mu, r := float64(ms[i]), float64(rs[i])
-			xr, gr := xs[i*n+lo:i*n+hi], dos[i*n+lo:i*n+hi]
-			for j, g := range gr {
-				dg[j] += float64(g) * (float64(xr[j]) - mu) * r
-				db[j] += float64(g)
+		if !layerNormParamGradsVector(acc, dos, xs, ms, rs, m, n, lo) {
+			for i := range m {
+				mu, r := float64(ms[i]), float64(rs[i])
+				xr, gr := xs[i*n+lo:i*n+hi], dos[i*n+lo:i*n+hi]
+				for j, g := range gr {
+					dg[j] += float64(g) * (float64(xr[j]) - mu) * r
+					db[j] += float64(g)
+				}
 			}
 		}
 		for j := range dg {
@@ -49,6 +55,9 @@ func (c *CPU) LayerNormBwd(dx, dgamma, dbeta, dout, x, mean, rstd, gamma *Tensor
 		}
 	})
 	c.parallelFor(m, rowsFor(grainCheap, n), func(lo, hi int) {
+		if layerNormDxVector(dxs[lo*n:hi*n], dos[lo*n:hi*n], xs[lo*n:hi*n], ms[lo:hi], rs[lo:hi], gs, hi-lo, n) {
+			return
+		}
 		for i := lo; i < hi; i++ {
 			mu, r := float64(ms[i]), float64(rs[i])
 			xr, gr, d := xs[i*n:(i+1)*n], dos[i*n:(i+1)*n], dxs[i*n:(i+1)*n]

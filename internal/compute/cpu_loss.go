@@ -22,6 +22,9 @@ func (c *CPU) ScatterAdd(dst, src, idx *Tensor) {
 	MustMatrix("ScatterAdd", "src", src, idx.Len(), d)
 	ds, ss, is := F32s(dst), F32s(src), I32s(idx)
 	c.parallelFor(d, rowsFor(grainMemory, len(is)), func(lo, hi int) {
+		if scatterAddVector(ds, ss, is, d, lo, hi-lo) {
+			return
+		}
 		for i, r := range is {
 			drow := ds[int(r)*d+lo : int(r)*d+hi]
 			for j, v := range ss[i*d+lo : i*d+hi] {

@@ -136,16 +136,31 @@ func phiPoly(u float64) float64 {
 
 // gelu sets dst = x*Phi(x) when dout is nil, else the backward dst =
 // dout*(Phi(x) + x*phi(x)). Both are evaluated in float64 and rounded once;
-// dst may alias x or dout.
+// dst may alias x or dout. The AVX2 loop, where there is one, takes the
+// elements inside the table's range and geluScalar the rest.
 func gelu(dst, xs, dout []float32) {
 	dst = dst[:len(xs)]
 	if dout != nil {
 		dout = dout[:len(xs)]
 	}
-	for i, v := range xs {
-		x := float64(v)
+	n, complete := geluVector(dst, xs, dout)
+	if !complete {
+		geluScalar(dst, xs, dout, 0, n, true)
+	}
+	geluScalar(dst, xs, dout, n, len(xs), false)
+}
+
+// geluScalar is gelu on elements [from, to), or only on those outside the
+// table's range when outsideOnly is set.
+func geluScalar(dst, xs, dout []float32, from, to int, outsideOnly bool) {
+	for i := from; i < to; i++ {
+		x := float64(xs[i])
+		inside := x > -phiRange && x < phiRange
+		if inside && outsideOnly {
+			continue
+		}
 		var cdf float64
-		if x > -phiRange && x < phiRange {
+		if inside {
 			cdf = phiPoly((x + phiRange) * phiSteps)
 		} else {
 			cdf = 0.5 * math.Erfc(-x/math.Sqrt2)

@@ -21,7 +21,12 @@ func (c *CPU) blockReduce(x []float32, f func([]float32) float64) float64 {
 
 // SumSq returns sum(x^2) in float64.
 func (c *CPU) SumSq(x *Tensor) float64 {
-	return c.blockReduce(F32s(x), func(b []float32) float64 { return sumSqDev64(b, 0) })
+	return c.blockReduce(F32s(x), func(b []float32) float64 {
+		if s, ok := sumSqVector(b); ok {
+			return s
+		}
+		return sumSqDev64(b, 0)
+	})
 }
 
 // Sum returns sum(x) in float64.
@@ -43,7 +48,8 @@ func (c *CPU) AllFinite(x *Tensor) bool {
 }
 
 // AdamW performs one AdamW step on p; see Backend. Each element is updated
-// in float64 and stored back as float32.
+// in float64 and stored back as float32; the AVX2 loop, where there is
+// one, takes all but a tail of fewer than four elements of each chunk.
 func (c *CPU) AdamW(p, g, m, v *Tensor, gradScale, lr, b1, b2, eps, wd float32, step int) {
 	n := p.Len()
 	MustLen("AdamW", "g", g, n)
@@ -55,11 +61,16 @@ func (c *CPU) AdamW(p, g, m, v *Tensor, gradScale, lr, b1, b2, eps, wd float32, 
 	bc2 := 1 - math.Pow(beta2, float64(step))
 	stepSize := float64(lr) * math.Sqrt(bc2) / bc1
 	eps64, decay, scale := float64(eps), float64(lr)*float64(wd), float64(gradScale)
-	c.parallelFor(n, grainCheap, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
+	c1, c2 := 1-beta1, 1-beta2
+	k := [8]float64{scale, beta1, c1, beta2, c2, stepSize, eps64, decay}
+	// A square root and a division per element make even a small
+	// parameter worth splitting.
+	c.parallelFor(n, grainCostly, func(lo, hi int) {
+		ps, gs, ms, vs := ps[lo:hi], gs[lo:hi], ms[lo:hi], vs[lo:hi]
+		for i := adamwVector(ps, gs, ms, vs, &k); i < len(ps); i++ {
 			gi := float64(gs[i]) * scale
-			mi := beta1*float64(ms[i]) + (1-beta1)*gi
-			vi := beta2*float64(vs[i]) + (1-beta2)*gi*gi
+			mi := beta1*float64(ms[i]) + c1*gi
+			vi := beta2*float64(vs[i]) + c2*gi*gi
 			ms[i], vs[i] = float32(mi), float32(vi)
 			pi := float64(ps[i]) - stepSize*mi/(math.Sqrt(vi)+eps64)
 			ps[i] = float32(pi - decay*pi)

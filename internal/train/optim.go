@@ -124,21 +124,18 @@ func (a *AdamW) Load(sd *ckpt.StateDict, steps int, source string) error {
 
 // GradNorm is the global L2 norm of the parameters' gradients times scale.
 func GradNorm(be compute.Backend, params []*model.Param, scale float64) float64 {
+	return math.Sqrt(gradSumSq(be, params)) * scale
+}
+
+// gradSumSq is the sum of the squares of every gradient element, in
+// float64. It is NaN or +Inf exactly when some element is: the square of a
+// finite float32 is below 2^256, so no finite sum of them overflows.
+func gradSumSq(be compute.Backend, params []*model.Param) float64 {
 	s := 0.0
 	for _, p := range params {
 		s += be.SumSq(p.G)
 	}
-	return math.Sqrt(s) * scale
-}
-
-// GradsFinite reports whether every gradient element is finite.
-func GradsFinite(be compute.Backend, params []*model.Param) bool {
-	for _, p := range params {
-		if !be.AllFinite(p.G) {
-			return false
-		}
-	}
-	return true
+	return s
 }
 
 // ClipCoef is torch's clip_grad_norm_ factor for a gradient of norm total:

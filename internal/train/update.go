@@ -3,6 +3,7 @@ package train
 import (
 	"fmt"
 	"maps"
+	"math"
 
 	"uniter/internal/compute"
 	"uniter/internal/model"
@@ -67,7 +68,9 @@ func (u *Updater) Scale(key string) float64 {
 func (u *Updater) Apply(key string, lr float64) (UpdateInfo, error) {
 	scale := u.Scale(key)
 	info := UpdateInfo{LossScale: scale}
-	finite := GradsFinite(u.be, u.params)
+	// One pass over the gradients serves the overflow check and the norm.
+	sumSq := gradSumSq(u.be, u.params)
+	finite := !math.IsNaN(sumSq) && !math.IsInf(sumSq, 0)
 	if u.fp16 {
 		if !finite && scale <= minLossScale {
 			return info, fmt.Errorf("%s: gradients overflow at the minimum loss scale %d: the run diverged (lower learning_rate or check the data)", key, minLossScale)
@@ -79,7 +82,7 @@ func (u *Updater) Apply(key string, lr float64) (UpdateInfo, error) {
 	} else if !finite {
 		return info, fmt.Errorf("non-finite gradients in fp32 training at lr %g: the run diverged", lr)
 	}
-	info.GradNorm = GradNorm(u.be, u.params, 1/scale)
+	info.GradNorm = math.Sqrt(sumSq) * (1 / scale)
 	u.Opt.Step(lr, ClipCoef(info.GradNorm, u.maxNorm)/scale)
 	return info, nil
 }
