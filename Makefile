@@ -25,6 +25,8 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/compute/
 	bin/uniter bench --model base --device cpu --mode fwdbwd --batch 8 --txt-len 40 --nbb 50 --threads 2
 	-$(PY) scripts/bench_torch.py --mode fwdbwd --batch 8 --txt-len 40 --nbb 50 --threads 2 --steps 5
+	bin/uniter bench --model base --device cpu --task vqa --mode train --batch 8 --txt-len 40 --nbb 50 --threads 2 --steps 5
+	-$(PY) scripts/bench_torch.py --task vqa --mode train --batch 8 --txt-len 40 --nbb 50 --threads 2 --steps 5
 
 # Pretrain a tiny UNITER on the synthetic world (CPU), evaluate it and its
 # untrained start on held-out data; summary in runs/demo/summary.json.
