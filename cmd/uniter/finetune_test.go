@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 	"testing"
 
 	"uniter/internal/data"
@@ -282,5 +283,41 @@ func TestEvalInitSeedIsStepZero(t *testing.T) {
 				t.Errorf("%s: eval --init-seed %s %v, the run's step-1 validation %v", task, k, g, v)
 			}
 		}
+	}
+}
+
+// TestFinetuneSIGTERM: a scheduler's SIGTERM stops the run after the
+// current step with a checkpoint of that step and a non-zero exit, and
+// --resume continues from it.
+func TestFinetuneSIGTERM(t *testing.T) {
+	w := finetuneWorld(t)
+	cfg := finetuneConfig(t, w, "ve", "")
+	out := t.TempDir()
+	go func() {
+		// Rows are written only inside Run, after the signal handler is
+		// installed, so the signal cannot kill the test process.
+		for {
+			if b, _ := os.ReadFile(filepath.Join(out, "log", "metrics.jsonl")); strings.Count(string(b), "\n") >= 2 {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	}()
+	_, err := runUniter(t, "finetune", "--task", "ve", "--config", cfg, "--quiet", "--output", out, "--set", "num_train_steps=100000", "--set", "log_steps=1")
+	if err == nil || !strings.Contains(err.Error(), "interrupted at step") {
+		t.Fatalf("SIGTERM: err %v, want an interrupted-run error", err)
+	}
+	latest, err := train.LatestCheckpoint(filepath.Join(out, "ckpt"))
+	if err != nil || latest == "" {
+		t.Fatalf("no checkpoint after SIGTERM (%v)", err)
+	}
+	st, err := train.ReadState(latest)
+	if err != nil || st.Step < 2 {
+		t.Fatalf("checkpoint %s: state %+v %v", latest, st, err)
+	}
+	if o, err := runUniter(t, "finetune", "--task", "ve", "--config", cfg, "--quiet", "--output", out, "--resume",
+		"--set", "num_train_steps=100000", "--set", "log_steps=1", "--steps", fmt.Sprint(st.Step+2)); err != nil {
+		t.Fatalf("resume after SIGTERM: %v\n%s", err, o)
 	}
 }
