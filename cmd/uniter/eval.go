@@ -213,9 +213,9 @@ func runEval(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// initModel builds a freshly initialised model with its heads, drawn as
-// "uniter pretrain" draws them before its first step (model, then heads,
-// from the seed).
+// initModel builds a freshly initialised model with its heads (addHeads
+// may be nil), drawn as "uniter pretrain" and "uniter finetune" draw them
+// before their first step (model, then heads, from the seed).
 func initModel(be compute.Backend, o evalOpts, addHeads func(*model.Model), log io.Writer) (*model.Model, error) {
 	if o.mf.modelConfig == "" {
 		return nil, fmt.Errorf("eval: --init-seed needs --model-config (e.g. the run's log/model.json)")
@@ -231,7 +231,11 @@ func initModel(be compute.Backend, o evalOpts, addHeads func(*model.Model), log 
 	if err != nil {
 		return nil, err
 	}
-	addHeads(m)
-	fmt.Fprintf(log, "uniter: no checkpoint: model %s initialised from seed %d\n", o.mf.modelConfig, o.initSeed)
+	if addHeads != nil {
+		addHeads(m)
+	}
+	if o.mf.checkpoint == "" {
+		fmt.Fprintf(log, "uniter: no checkpoint: model %s initialised from seed %d\n", o.mf.modelConfig, o.initSeed)
+	}
 	return m, nil
 }

@@ -31,7 +31,7 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	m, sd, err := downstreamModel(be, o)
+	m, sd, err := downstreamModel(be, o, stderr)
 	if err != nil {
 		return err
 	}
@@ -147,26 +147,13 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 // that seed and model config starts from (a fresh head on the backbone of
 // --checkpoint when given, else on a fresh backbone): the untrained
 // baseline of a run.
-func downstreamModel(be compute.Backend, o evalOpts) (*model.Model, *ckpt.StateDict, error) {
+func downstreamModel(be compute.Backend, o evalOpts, log io.Writer) (*model.Model, *ckpt.StateDict, error) {
 	if o.initSeed < 0 {
 		return o.mf.build(be)
 	}
-	if o.mf.modelConfig == "" {
-		return nil, nil, fmt.Errorf("eval: --init-seed needs --model-config (e.g. the run's log/model.json)")
-	}
-	cfg, err := model.LoadConfig(o.mf.modelConfig)
-	if err != nil {
-		return nil, nil, err
-	}
-	if o.mf.imgDim > 0 {
-		cfg.ImgDim = o.mf.imgDim
-	}
-	m, err := model.New(be, cfg, uint64(o.initSeed))
-	if err != nil {
-		return nil, nil, err
-	}
-	if o.mf.checkpoint == "" {
-		return m, nil, nil
+	m, err := initModel(be, o, nil, log)
+	if err != nil || o.mf.checkpoint == "" {
+		return m, nil, err
 	}
 	sd, _, err := model.ReadCheckpoint(o.mf.checkpoint)
 	return m, sd, err

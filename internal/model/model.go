@@ -145,14 +145,14 @@ func (m *Model) GrowTypeVocab(n int, from []int) error {
 			return fmt.Errorf("token type table: row %d to copy outside the %d rows", r, old)
 		}
 	}
-	src := m.be.ToF32(p.W)
 	h := p.Shape[1]
 	if _, err := m.Params.Resize(TypeEmbeddingName, n, InitNormal); err != nil {
 		return err
 	}
+	// Resize kept the old rows in place; the new ones become copies.
 	host := m.be.ToF32(p.W)
 	for i, r := range from {
-		copy(host[(old+i)*h:(old+i+1)*h], src[r*h:(r+1)*h])
+		copy(host[(old+i)*h:(old+i+1)*h], host[r*h:(r+1)*h])
 	}
 	m.be.Copy(p.W, m.be.FromF32(host, n, h))
 	m.Cfg.TypeVocabSize = n

@@ -176,9 +176,7 @@ func argmaxFrom(be compute.Backend, x *compute.Tensor, from int, cols *colSelect
 		be.Gather(flat, x.View(n*c, 1), cols.index(be, n, c, from))
 		src = flat.View(n, w)
 	}
-	idx := be.Alloc(compute.I32, n)
-	be.Argmax(idx, src)
-	pred := be.ToI32(idx)
+	pred := argmax(be, nil, src)
 	for i := range pred {
 		pred[i] += int32(from)
 	}

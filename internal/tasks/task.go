@@ -144,3 +144,28 @@ func (k *backbone) backward() {
 	}
 	k.m.Backward(false)
 }
+
+// argmax returns each row's predicted class, computed on the device (into
+// buf, or a new tensor when buf is nil); only the indices travel to the
+// host.
+func argmax(be compute.Backend, buf *model.Buf, logits *compute.Tensor) []int32 {
+	var idx *compute.Tensor
+	if buf != nil {
+		idx = buf.Get(be, compute.I32, logits.Rows())
+	} else {
+		idx = be.Alloc(compute.I32, logits.Rows())
+	}
+	be.Argmax(idx, logits)
+	return be.ToI32(idx)
+}
+
+// loadWeights loads sd (nil: keep the initialisation) into m.
+func loadWeights(m *model.Model, sd *ckpt.StateDict, source string, partial bool) (model.LoadReport, error) {
+	if sd == nil {
+		return model.LoadReport{}, nil
+	}
+	if partial {
+		return m.LoadInitStateDict(sd, source)
+	}
+	return m.LoadStateDict(sd, source)
+}

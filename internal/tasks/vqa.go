@@ -144,22 +144,3 @@ func (v *VQA) Results(e *Eval, training bool) (string, []byte, error) {
 	b, err := json.Marshal(out)
 	return ".json", b, err
 }
-
-// argmax returns each row's predicted class, computed on the device; only
-// the indices travel to the host.
-func argmax(be compute.Backend, buf *model.Buf, logits *compute.Tensor) []int32 {
-	idx := buf.Get(be, compute.I32, logits.Rows())
-	be.Argmax(idx, logits)
-	return be.ToI32(idx)
-}
-
-// loadWeights loads sd (nil: keep the initialisation) into m.
-func loadWeights(m *model.Model, sd *ckpt.StateDict, source string, partial bool) (model.LoadReport, error) {
-	if sd == nil {
-		return model.LoadReport{}, nil
-	}
-	if partial {
-		return m.LoadInitStateDict(sd, source)
-	}
-	return m.LoadStateDict(sd, source)
-}

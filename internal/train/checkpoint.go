@@ -57,11 +57,30 @@ func CheckpointName(step int) string { return fmt.Sprintf("step_%08d", step) }
 // extra files beside the weights (name -> content), and then deletes all
 // but the newest keep checkpoints. It returns the path.
 func SaveCheckpoint(dir string, m *model.Model, opt *AdamW, st *State, keep int, extra map[string][]byte) (string, error) {
-	final := filepath.Join(dir, CheckpointName(st.Step))
+	js, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", CheckpointName(st.Step), err)
+	}
+	files := map[string][]byte{stateFile: js}
+	maps.Copy(files, extra)
+	final, err := saveModelDir(dir, CheckpointName(st.Step), m, files, func(tmp string) error {
+		return ckpt.WriteSafetensors(filepath.Join(tmp, optimFile), opt.StateDict(), nil)
+	})
+	if err != nil {
+		return "", err
+	}
+	return final, pruneCheckpoints(dir, keep)
+}
+
+// saveModelDir builds dir/name atomically: the model (weights and
+// model.json), files, and whatever more writes, in a hidden temporary
+// directory that replaces dir/name once complete.
+func saveModelDir(dir, name string, m *model.Model, files map[string][]byte, more func(tmp string) error) (string, error) {
+	final := filepath.Join(dir, name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", final, err)
 	}
-	tmp, err := os.MkdirTemp(dir, ".tmp-"+CheckpointName(st.Step)+"-")
+	tmp, err := os.MkdirTemp(dir, ".tmp-"+name+"-")
 	if err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", final, err)
 	}
@@ -69,23 +88,18 @@ func SaveCheckpoint(dir string, m *model.Model, opt *AdamW, st *State, keep int,
 	if err := m.Save(tmp); err != nil {
 		return "", err
 	}
-	if err := ckpt.WriteSafetensors(filepath.Join(tmp, optimFile), opt.StateDict(), nil); err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", final, err)
+	if more != nil {
+		if err := more(tmp); err != nil {
+			return "", fmt.Errorf("checkpoint %s: %w", final, err)
+		}
 	}
-	js, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", final, err)
-	}
-	if err := os.WriteFile(filepath.Join(tmp, stateFile), js, 0o644); err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", final, err)
-	}
-	if err := writeExtra(tmp, extra); err != nil {
+	if err := writeExtra(tmp, files); err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", final, err)
 	}
 	if err := replaceDir(tmp, final); err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", final, err)
 	}
-	return final, pruneCheckpoints(dir, keep)
+	return final, nil
 }
 
 func writeExtra(dir string, extra map[string][]byte) error {
@@ -131,31 +145,13 @@ type Best struct {
 // SaveBest writes the model as dir/best (weights, model.json, extra files
 // and best.json) atomically, replacing the previous best.
 func SaveBest(dir string, m *model.Model, b Best, extra map[string][]byte) (string, error) {
-	final := filepath.Join(dir, BestDir)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", final, err)
-	}
-	tmp, err := os.MkdirTemp(dir, ".tmp-"+BestDir+"-")
-	if err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", final, err)
-	}
-	defer os.RemoveAll(tmp)
-	if err := m.Save(tmp); err != nil {
-		return "", err
-	}
 	js, err := json.MarshalIndent(b, "", "  ")
 	if err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", final, err)
+		return "", fmt.Errorf("checkpoint %s: %w", BestDir, err)
 	}
 	files := map[string][]byte{"best.json": js}
 	maps.Copy(files, extra)
-	if err := writeExtra(tmp, files); err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", final, err)
-	}
-	if err := replaceDir(tmp, final); err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", final, err)
-	}
-	return final, nil
+	return saveModelDir(dir, BestDir, m, files, nil)
 }
 
 // syncTree fsyncs every file of dir and dir itself.

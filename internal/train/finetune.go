@@ -31,25 +31,22 @@ func (t *Trainer) buildDownstream(resumeFrom string) error {
 	if err != nil {
 		return err
 	}
-	o := tasks.DownstreamOptions{Variant: c.Variant, UseImgType: c.UseImgType, FP16: c.FP16}
-	if c.Task == "vqa" {
-		// A resumed run keeps the vocabulary it was trained with.
-		from := c.Checkpoint
-		if resumeFrom != "" {
-			from = resumeFrom
-		}
-		var src string
-		if o.Answers, src, err = tasks.LoadAnswers(c.Ans2Label, from); err != nil {
-			return err
-		}
-		fmt.Fprintf(t.opts.Log, "finetune: vqa: %d answers from %s\n", len(o.Answers), src)
-		t.ckptFiles = map[string][]byte{tasks.Ans2LabelFile: tasks.AnswersJSON(o.Answers)}
-	}
-	down, err := tasks.NewDownstream(c.Task, m, o)
+	src, sd, err := t.initCheckpoint(resumeFrom)
 	if err != nil {
 		return err
 	}
-	src, sd, err := t.initCheckpoint(resumeFrom)
+	o := tasks.DownstreamOptions{Variant: c.Variant, UseImgType: c.UseImgType, FP16: c.FP16}
+	if c.Task == "vqa" {
+		// A resumed run keeps the vocabulary it was trained with: the one
+		// stored beside its checkpoint.
+		var from string
+		if o.Answers, from, err = tasks.LoadAnswers(c.Ans2Label, src); err != nil {
+			return err
+		}
+		fmt.Fprintf(t.opts.Log, "finetune: vqa: %d answers from %s\n", len(o.Answers), from)
+		t.ckptFiles = map[string][]byte{tasks.Ans2LabelFile: tasks.AnswersJSON(o.Answers)}
+	}
+	down, err := tasks.NewDownstream(c.Task, m, o)
 	if err != nil {
 		return err
 	}
