@@ -42,13 +42,11 @@ type NLVR2 struct {
 	attn1, attn2   *crossAttention
 	fc, pool       *model.Linear
 	fcDrop, pDrop  model.Dropout
-	lens           []int32 // valid length of each left row, then each right row
 	src, cat, f    model.Buf
 	score, p0, p   model.Buf
 	pooled, cat2   model.Buf
 	lrIdx, catIdx  *compute.Tensor
 	poolIdx        *compute.Tensor
-	lensT          *compute.Tensor
 	dsrc, dcat, df model.Buf
 	dscore, dpool  model.Buf
 	dcat2          model.Buf
@@ -216,13 +214,12 @@ func (n *NLVR2) attnForward(b *data.Batch, ex int) *compute.Tensor {
 			lr[half+k*s+j] = int32((2*k+1)*s + j)
 		}
 	}
-	n.lens = make([]int32, 2*ex)
+	lens := make([]int32, 2*ex) // each left row's valid length, then each right row's
 	for k := range ex {
-		n.lens[k] = int32(b.TxtLens[2*k] + b.NBB[2*k])
-		n.lens[ex+k] = int32(b.TxtLens[2*k+1] + b.NBB[2*k+1])
+		lens[k] = int32(b.TxtLens[2*k] + b.NBB[2*k])
+		lens[ex+k] = int32(b.TxtLens[2*k+1] + b.NBB[2*k+1])
 	}
 	n.lrIdx = be.FromI32(lr, 2*half)
-	n.lensT = be.FromI32(n.lens, 2*ex)
 
 	// src = [l2r; r2l; left; right]: cat[l2r, left] and cat[r2l, right]
 	// are its rows interleaved, so one Gather builds fc's input.
@@ -230,7 +227,7 @@ func (n *NLVR2) attnForward(b *data.Batch, ex int) *compute.Tensor {
 	x := src.RowRange(2*half, 4*half)
 	be.Gather(x, n.m.Seq(), n.lrIdx)
 	left, right := x.RowRange(0, half), x.RowRange(half, 2*half)
-	leftLens, rightLens := n.lens[:ex], n.lens[ex:]
+	leftLens, rightLens := lens[:ex], lens[ex:]
 	n.attn1.fwd(src.RowRange(0, half), left, right, leftLens, rightLens, s)
 	n.attn2.fwd(src.RowRange(half, 2*half), right, left, rightLens, leftLens, s)
 	ci := make([]int32, 4*half)
@@ -253,7 +250,7 @@ func (n *NLVR2) attnForward(b *data.Batch, ex int) *compute.Tensor {
 	n.pool.Fwd(be, score, f)
 	be.ReluFwd(score, score)
 	p0 := n.p0.F32(be, 2*ex, s)
-	be.SoftmaxRows(p0, score.View(2*ex, s), be.FromI32(n.lens, 2*ex))
+	be.SoftmaxRows(p0, score.View(2*ex, s), be.FromI32(lens, 2*ex))
 	p := n.p.F32(be, 2*ex, s)
 	be.DropoutFwd(p, p0, n.pDrop.AttnP(), n.pDrop.Seed())
 	pooled := n.pooled.F32(be, 2*ex, h)
@@ -365,8 +362,9 @@ type crossAttention struct {
 	drop           model.Dropout
 	heads          int
 	qb, kb, vb, cb model.Buf
-	lse, lens      model.Buf
-	lensT          *compute.Tensor
+	lse            model.Buf
+	lensT          *compute.Tensor // [2, ex]: query lengths, key lengths
+	ex, s          int             // sequences and positions of the last fwd
 	dq, dk, dv, dc model.Buf
 }
 
@@ -398,9 +396,10 @@ func (a *crossAttention) fwd(out, query, kv *compute.Tensor, qLens, kLens []int3
 	a.k.Fwd(be, k, kv)
 	a.v.Fwd(be, v, kv)
 	lens := append(append([]int32(nil), qLens...), kLens...)
-	a.lensT = be.FromI32(lens, 2, len(qLens))
+	a.ex, a.s = len(qLens), s
+	a.lensT = be.FromI32(lens, 2, a.ex)
 	ctx := a.cb.F32(be, rows, h)
-	be.AttentionFwd(ctx, a.lse.F32(be, len(qLens), a.heads, s), q, k, v, a.lensT, a.heads, a.scale(), a.drop.AttnP(), a.drop.Seed())
+	be.AttentionFwd(ctx, a.lse.F32(be, a.ex, a.heads, s), q, k, v, a.lensT, a.heads, a.scale(), a.drop.AttnP(), a.drop.Seed())
 	a.out.Fwd(be, out, ctx)
 }
 
@@ -414,8 +413,7 @@ func (a *crossAttention) bwd(dout, query, kv, dquery, dkv *compute.Tensor) {
 	a.out.Bwd(be, dc, dout, ctx, 0)
 	q, k, v := a.qb.F32(be, rows, h), a.kb.F32(be, rows, h), a.vb.F32(be, rows, h)
 	dq, dk, dv := a.dq.F32(be, rows, h), a.dk.F32(be, rows, h), a.dv.F32(be, rows, h)
-	s := rows / (a.lensT.Len() / 2)
-	be.AttentionBwd(dq, dk, dv, dc, ctx, a.lse.F32(be, a.lensT.Len()/2, a.heads, s), q, k, v, a.lensT, a.heads, a.scale(), a.drop.AttnP(), a.drop.Seed())
+	be.AttentionBwd(dq, dk, dv, dc, ctx, a.lse.F32(be, a.ex, a.heads, a.s), q, k, v, a.lensT, a.heads, a.scale(), a.drop.AttnP(), a.drop.Seed())
 	a.q.Bwd(be, dquery, dq, query, 1)
 	a.k.Bwd(be, dkv, dk, kv, 1)
 	a.v.Bwd(be, dkv, dv, kv, 1)
