@@ -174,3 +174,15 @@ func DropoutUniform(seed, i uint64) float32 {
 	z ^= z >> 31
 	return float32(z>>40) * (1.0 / (1 << 24))
 }
+
+// Collective sums tensors over the replicas of a data-parallel run. Every
+// replica holds one, on its own backend, and calls it with a tensor of the
+// same shape in the same order; the call returns once the sum over every
+// replica is in t (the same bits on each). The CPU backend's replicas sum
+// in memory; CUDA replicas use NCCL.
+type Collective interface {
+	// AllReduceSum replaces t by the element-wise sum over all replicas.
+	AllReduceSum(t *Tensor) error
+	// Close releases the communicator.
+	Close() error
+}

@@ -117,10 +117,11 @@ type encoder struct {
 	layers []*encoderLayer
 	grads  layerGrads
 	dbuf   [2]Buf
+	run    *runState
 }
 
 func newEncoder(ps *ParamSet, run *runState, c Config) *encoder {
-	e := &encoder{}
+	e := &encoder{run: run}
 	for i := 0; i < c.NumHiddenLayers; i++ {
 		e.layers = append(e.layers, newEncoderLayer(ps, run, c, i))
 	}
@@ -140,6 +141,7 @@ func (e *encoder) Bwd(be compute.Backend, dy, lens *compute.Tensor) *compute.Ten
 	for i := len(e.layers) - 1; i >= 0; i-- {
 		dx := e.dbuf[i%2].F32(be, dy.Shape...)
 		e.layers[i].Bwd(be, &e.grads, dx, dy, lens)
+		e.run.stageDone(stagePooler + len(e.layers) - i)
 		dy = dx
 	}
 	return dy

@@ -40,6 +40,14 @@ type runState struct {
 	hiddenP  float32
 	attnP    float32
 	nextSite uint64
+	// gradStage, when set, hears each stage of GradStages finish.
+	gradStage func(stage int)
+}
+
+func (r *runState) stageDone(stage int) {
+	if r.gradStage != nil {
+		r.gradStage(stage)
+	}
 }
 
 func (r *runState) newDropout() Dropout {

@@ -3,6 +3,8 @@ package model
 import (
 	"fmt"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 
 	"uniter/internal/compute"
 )
@@ -375,12 +377,15 @@ func (m *Model) GradImgFeat() *compute.Tensor { return m.dFeat }
 func (m *Model) Backward(wantFeatGrad bool) {
 	be, in, h := m.be, m.in, m.Cfg.HiddenSize
 	dSeq := m.GradSeq()
+	// The heads wrote their gradients before calling Backward.
+	m.run.stageDone(stageHeads)
 
 	pooled := m.Pooled()
 	dPre := m.dPool.F32(be, in.B, h)
 	be.TanhBwd(dPre, pooled, m.GradPooled())
 	dFirst := m.dFirst.F32(be, in.B, h)
 	m.pooler.Bwd(be, dFirst, dPre, m.poolPre.F32(be, in.B, h), 0)
+	m.run.stageDone(stagePooler)
 	be.ScatterAdd(dSeq, dFirst, m.firstIdx)
 
 	dx := m.enc.Bwd(be, dSeq, m.lens)
@@ -405,7 +410,51 @@ func (m *Model) Backward(wantFeatGrad bool) {
 	if in.hasImage() {
 		m.dFeat = m.img.Bwd(be, dEmb.RowRange(bt, bt+bn), wantFeatGrad)
 	}
+	m.run.stageDone(m.Cfg.NumHiddenLayers + stagePooler + 1)
 }
+
+// The stages of Backward, in the order their gradients become final: the
+// heads (everything outside the backbone, written before Backward is
+// called), the pooler, encoder layers last to first, then the embeddings
+// (which the MLM decoder's tied word table also writes to, first).
+const (
+	stageHeads  = 0
+	stagePooler = 1
+)
+
+// GradStages returns the parameters grouped by the stage of Backward that
+// finishes their gradients, in that order, each group in creation order.
+// Data-parallel training lays the flat gradient buffers out in this order
+// so that a bucket can be all-reduced while the rest of the backward runs.
+func (m *Model) GradStages() [][]*Param {
+	layers := m.Cfg.NumHiddenLayers
+	stages := make([][]*Param, layers+stagePooler+2)
+	for _, p := range m.Params.List() {
+		stages[m.gradStage(p.Name)] = append(stages[m.gradStage(p.Name)], p)
+	}
+	return stages
+}
+
+func (m *Model) gradStage(name string) int {
+	layers := m.Cfg.NumHiddenLayers
+	switch {
+	case strings.HasPrefix(name, "uniter.pooler."):
+		return stagePooler
+	case strings.HasPrefix(name, "uniter.encoder.layer."):
+		i, err := strconv.Atoi(strings.SplitN(strings.TrimPrefix(name, "uniter.encoder.layer."), ".", 2)[0])
+		if err == nil && i >= 0 && i < layers {
+			return stagePooler + layers - i
+		}
+	case strings.HasPrefix(name, "uniter.embeddings."), strings.HasPrefix(name, "uniter.img_embeddings."):
+		return layers + stagePooler + 1
+	}
+	return stageHeads
+}
+
+// OnGradStage makes every Backward call fn(stage) as each stage of
+// GradStages is finished; nil stops it. fn runs on the goroutine calling
+// Backward.
+func (m *Model) OnGradStage(fn func(stage int)) { m.run.gradStage = fn }
 
 // SyntheticInput is a random batch for benchmarks: b examples of t tokens
 // (with [CLS] 101 and [SEP] 102) and n regions each.

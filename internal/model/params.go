@@ -38,6 +38,8 @@ type ParamSet struct {
 	byName map[string]*Param
 	rng    *rand.Rand
 	std    float64
+	// flat holds every gradient after FlattenGrads.
+	flat *compute.Tensor
 }
 
 func newParamSet(be compute.Backend, seed uint64, std float64) *ParamSet {
@@ -124,6 +126,10 @@ func (s *ParamSet) Count(prefix string) int {
 
 // ZeroGrad clears every gradient (start of an accumulation window).
 func (s *ParamSet) ZeroGrad() {
+	if s.flat != nil {
+		s.be.Zero(s.flat)
+		return
+	}
 	for _, p := range s.list {
 		s.be.Zero(p.G)
 	}
@@ -154,6 +160,9 @@ func (s *ParamSet) Resize(name string, rows int, kind InitKind) (*Param, error) 
 	if rows <= 0 {
 		return nil, fmt.Errorf("parameter %q: cannot resize to %d rows", name, rows)
 	}
+	if s.flat != nil {
+		return nil, fmt.Errorf("parameter %q: cannot resize after the gradients were flattened", name)
+	}
 	shape := append([]int{rows}, p.Shape[1:]...)
 	rowLen := compute.Numel(p.Shape[1:])
 	old := s.be.ToF32(p.W)
@@ -172,4 +181,32 @@ func (s *ParamSet) Resize(name string, rows int, kind InitKind) (*Param, error) 
 	p.W = s.be.FromF32(host, shape...)
 	p.G = s.be.Alloc(compute.F32, shape...)
 	return p, nil
+}
+
+// FlattenGrads moves every gradient into one flat buffer, laid out in the
+// order given (each parameter of the set exactly once), and returns it
+// zeroed. Data-parallel training all-reduces contiguous ranges of it as the
+// backward finishes them; the gradients stay addressable per parameter.
+// Resize must not follow: the model's shapes are final by then.
+func (s *ParamSet) FlattenGrads(order []*Param) (*compute.Tensor, error) {
+	seen := map[*Param]bool{}
+	n := 0
+	for _, p := range order {
+		if s.byName[p.Name] != p || seen[p] {
+			return nil, fmt.Errorf("model: flat gradients: parameter %q is not in the set or appears twice", p.Name)
+		}
+		seen[p] = true
+		n += p.Numel()
+	}
+	if len(seen) != len(s.list) {
+		return nil, fmt.Errorf("model: flat gradients: order holds %d of the %d parameters", len(seen), len(s.list))
+	}
+	flat := s.be.Alloc(compute.F32, n)
+	off := 0
+	for _, p := range order {
+		p.G = &compute.Tensor{Shape: p.Shape, DType: compute.F32, Data: flat.Data.Slice(off, p.Numel())}
+		off += p.Numel()
+	}
+	s.flat = flat
+	return flat, nil
 }

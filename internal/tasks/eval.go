@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"encoding/json"
 	"fmt"
 
 	"uniter/internal/data"
@@ -73,4 +74,48 @@ func meanMetrics(e *Eval) map[string]float64 {
 		m["acc"] = e.Score / float64(e.N)
 	}
 	return m
+}
+
+// Append adds o's examples after e's: the shards of a split evaluated by
+// several replicas, in shard order, make the whole split's Eval.
+func (e *Eval) Append(o *Eval) error {
+	if (e.N > 0 || o.N > 0) && (e.unlabeled > 0 || o.unlabeled > 0) {
+		return fmt.Errorf("evaluation: split mixes examples with and without targets")
+	}
+	e.IDs = append(e.IDs, o.IDs...)
+	e.Pred = append(e.Pred, o.Pred...)
+	e.Labels = append(e.Labels, o.Labels...)
+	e.Logits = append(e.Logits, o.Logits...)
+	e.LossSum += o.LossSum
+	e.Score += o.Score
+	e.N += o.N
+	e.unlabeled += o.unlabeled
+	return nil
+}
+
+// evalWire is an Eval as it travels between processes.
+type evalWire struct {
+	IDs            []string
+	Pred, Labels   []int32
+	LossSum, Score float64
+	N, Unlabeled   int
+	KeepLogits     bool
+	Logits         []float32
+}
+
+// MarshalJSON encodes every field, the count of unlabelled examples too.
+func (e *Eval) MarshalJSON() ([]byte, error) {
+	return json.Marshal(evalWire{IDs: e.IDs, Pred: e.Pred, Labels: e.Labels, LossSum: e.LossSum, Score: e.Score,
+		N: e.N, Unlabeled: e.unlabeled, KeepLogits: e.KeepLogits, Logits: e.Logits})
+}
+
+// UnmarshalJSON decodes what MarshalJSON wrote.
+func (e *Eval) UnmarshalJSON(b []byte) error {
+	var w evalWire
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	*e = Eval{IDs: w.IDs, Pred: w.Pred, Labels: w.Labels, LossSum: w.LossSum, Score: w.Score, N: w.N,
+		unlabeled: w.Unlabeled, KeepLogits: w.KeepLogits, Logits: w.Logits}
+	return nil
 }

@@ -46,7 +46,7 @@ func TestAccumulationEqualsBigBatch(t *testing.T) {
 				return b
 			}
 			m.Params.ZeroGrad()
-			one, err := runWindow(p, task, []*data.Batch{batch(all)}, 1, seed)
+			one, err := windowAlone(p, task, []*data.Batch{batch(all)}, 1, seed)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -59,7 +59,7 @@ func TestAccumulationEqualsBigBatch(t *testing.T) {
 			for _, s := range splits {
 				micro = append(micro, batch(s))
 			}
-			acc, err := runWindow(p, task, micro, 1, seed)
+			acc, err := windowAlone(p, task, micro, 1, seed)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -94,4 +94,20 @@ func TestAccumulationEqualsBigBatch(t *testing.T) {
 			}
 		})
 	}
+}
+
+// windowAlone runs batches as a whole window of one replica.
+func windowAlone(p tasks.Task, task string, batches []*data.Batch, scale float64, seed func(int) uint64) (window, error) {
+	var units []int
+	total := 0
+	for _, b := range batches {
+		units = append(units, p.LossUnits(task, b))
+		total += units[len(units)-1]
+	}
+	defer func() {
+		for _, b := range batches {
+			b.Release()
+		}
+	}()
+	return runWindow(p, task, batches, units, total, scale, seed, nil)
 }

@@ -68,7 +68,7 @@ func TestCrossModalITM(t *testing.T) {
 		}
 		m.Params.ZeroGrad()
 		m.SetTrain(true)
-		w, err := runWindow(p, data.TaskITM, []*data.Batch{b}, 1, func(int) uint64 { return uint64(step) })
+		w, err := windowAlone(p, data.TaskITM, []*data.Batch{b}, 1, func(int) uint64 { return uint64(step) })
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -24,12 +24,17 @@ type EvalOptions struct {
 	// Progress, when set, is called after each batch with the examples
 	// done and the total.
 	Progress func(done, total int)
+	// Shard of Shards (0 of 0 or 1: everything) is the part of the batches
+	// this pass evaluates: the data-parallel replicas split a validation
+	// into consecutive runs of batches, so that their results concatenated
+	// in shard order are in dataset order.
+	Shard, Shards int
 }
 
 // evalLoader reads every example of key's epoch 0 once, in dataset order,
 // in batches of at most o.Budget padded tokens; total is the number of
 // examples.
-func evalLoader(ctx context.Context, ds Dataset, key string, o EvalOptions) (*data.Loader[*data.Batch], int, error) {
+func evalLoader(ctx context.Context, ds Dataset, key string, o EvalOptions) (_ *data.Loader[*data.Batch], total int, _ error) {
 	lens, err := ds.Lens(key, 0)
 	if err != nil {
 		return nil, 0, err
@@ -38,7 +43,17 @@ func evalLoader(ctx context.Context, ds Dataset, key string, o EvalOptions) (*da
 	if err != nil {
 		return nil, 0, err
 	}
-	return data.NewLoader(ctx, data.NewSliceSource(batches), ds.Build(key), o.Workers, 2*max(o.Workers, 1)), len(lens), nil
+	if o.Shards > 1 {
+		n := len(batches)
+		batches = batches[o.Shard*n/o.Shards : (o.Shard+1)*n/o.Shards]
+		total = 0
+		for _, b := range batches {
+			total += len(b)
+		}
+	} else {
+		total = len(lens)
+	}
+	return data.NewLoader(ctx, data.NewSliceSource(batches), ds.Build(key), o.Workers, 2*max(o.Workers, 1)), total, nil
 }
 
 // EvaluateDownstream runs a downstream task over every example of ds in
@@ -100,78 +115,115 @@ func EvaluateDownstream(ctx context.Context, task tasks.Downstream, ds Dataset, 
 // plus n, the number of predictions. The model's train/eval mode is left in
 // evaluation mode.
 func EvaluateTask(ctx context.Context, p *tasks.Pretrain, ds Dataset, task string, o EvalOptions) (Metrics, error) {
-	loader, _, err := evalLoader(ctx, ds, task, o)
+	sums, err := evalSums(ctx, p, ds, task, o)
 	if err != nil {
 		return nil, err
 	}
+	return sums.metrics(p, task), nil
+}
+
+// taskSums are what a pretraining task's validation sums over batches
+// before dividing once: shards of a validation add up.
+type taskSums struct {
+	loss, xe, ot, pos, neg float64
+	correct, count         float64
+	nPos, nNeg             float64
+}
+
+func (s *taskSums) add(o taskSums) {
+	v, w := s.vec(), o.vec()
+	for i := range v {
+		v[i] += w[i]
+	}
+	s.set(v)
+}
+
+func (s *taskSums) vec() []float64 {
+	return []float64{s.loss, s.xe, s.ot, s.pos, s.neg, s.correct, s.count, s.nPos, s.nNeg}
+}
+
+func (s *taskSums) set(v []float64) {
+	s.loss, s.xe, s.ot, s.pos, s.neg, s.correct, s.count, s.nPos, s.nNeg = v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]
+}
+
+// evalSums runs task over ds (o's shard of it) and returns its sums.
+func evalSums(ctx context.Context, p *tasks.Pretrain, ds Dataset, task string, o EvalOptions) (taskSums, error) {
+	var s taskSums
+	loader, _, err := evalLoader(ctx, ds, task, o)
+	if err != nil {
+		return s, err
+	}
 	defer loader.Close()
 	p.M.SetTrain(false)
-	var sumLoss, sumXE, sumOT, sumPos, sumNeg float64
-	var correct, count, nPos, nNeg int
 	for {
 		b, _, err := loader.Next()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return nil, err
+			return s, err
 		}
 		res, err := p.Step(task, b, false, 1)
 		if err != nil {
-			return nil, err
+			return s, err
 		}
-		correct += res.Correct
-		count += res.Count
+		s.correct += float64(res.Correct)
+		s.count += float64(res.Count)
 		if task == data.TaskITM {
-			sumXE += res.Parts["itm_loss"] * float64(res.Count)
-			sumOT += res.Parts["ot_loss"] * float64(res.Count)
+			s.xe += res.Parts["itm_loss"] * float64(res.Count)
+			s.ot += res.Parts["ot_loss"] * float64(res.Count)
 			pos := 0
 			for _, y := range b.Labels {
 				pos += int(y)
 			}
 			// Parts hold the batch's mean distances (absent without such
 			// pairs); the reference sums the distances themselves.
-			sumPos += res.Parts["ot_pos"] * float64(pos)
-			sumNeg += res.Parts["ot_neg"] * float64(b.B-pos)
-			nPos += pos
-			nNeg += b.B - pos
+			s.pos += res.Parts["ot_pos"] * float64(pos)
+			s.neg += res.Parts["ot_neg"] * float64(b.B-pos)
+			s.nPos += float64(pos)
+			s.nNeg += float64(b.B - pos)
 		} else {
-			sumLoss += res.Loss * float64(res.Count)
+			s.loss += res.Loss * float64(res.Count)
 		}
 		b.Release()
 	}
-	m := Metrics{"n": float64(count)}
-	if count == 0 {
-		return m, nil
+	return s, nil
+}
+
+// metrics divides the sums as the reference's validate_* functions do.
+func (s taskSums) metrics(p *tasks.Pretrain, task string) Metrics {
+	m := Metrics{"n": s.count}
+	if s.count == 0 {
+		return m
 	}
-	n := float64(count)
+	n := s.count
 	switch task {
 	case data.TaskMLM, data.TaskMRC:
-		m["loss"], m["acc"] = sumLoss/n, float64(correct)/n
+		m["loss"], m["acc"] = s.loss/n, s.correct/n
 	case data.TaskMRFR:
 		// Training averages over every feature element; the reference's
 		// validation sums and divides by img_dim and the masked regions.
-		m["loss"] = sumLoss / n
+		m["loss"] = s.loss / n
 	case data.TaskMRCKL:
 		// Training averages over every class of every region; the
 		// reference's validation sums over classes (reduction='sum' / n_feat).
-		m["loss"] = sumLoss / n * float64(p.M.Cfg.ImgLabelDim)
-		m["acc"] = float64(correct) / n
+		m["loss"] = s.loss / n * float64(p.M.Cfg.ImgLabelDim)
+		m["acc"] = s.correct / n
 	case data.TaskITM:
-		m["loss"], m["acc"] = sumXE/n, float64(correct)/n
+		m["loss"], m["acc"] = s.xe/n, s.correct/n
 		if p.OTWeight != 0 {
 			// validate_itm divides every OT sum by the examples.
-			m["ot_loss"] = sumOT / n
-			m["ot_pos"], m["ot_neg"] = sumPos/n, sumNeg/n
-			if nPos > 0 {
-				m["ot_pos_mean"] = sumPos / float64(nPos)
+			m["ot_loss"] = s.ot / n
+			m["ot_pos"], m["ot_neg"] = s.pos/n, s.neg/n
+			if s.nPos > 0 {
+				m["ot_pos_mean"] = s.pos / s.nPos
 			}
-			if nNeg > 0 {
-				m["ot_neg_mean"] = sumNeg / float64(nNeg)
+			if s.nNeg > 0 {
+				m["ot_neg_mean"] = s.neg / s.nNeg
 			}
 		}
 	}
-	return m, nil
+	return m
 }
 
 // Evaluate runs EvaluateTask for each task, keyed by task.

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"uniter/internal/atomicfile"
+	"uniter/internal/ckpt"
 	"uniter/internal/data"
 	"uniter/internal/model"
 	"uniter/internal/tasks"
@@ -22,16 +23,12 @@ type evalSplit struct {
 	ds   Dataset
 }
 
-// buildDownstream creates the model with the task's head and loads the
-// checkpoint being resumed or the configured initial one (with the task's
-// model surgery), then the optimizer.
-func (t *Trainer) buildDownstream(resumeFrom string) error {
+// buildDownstream creates r's model with the task's head and loads sd
+// (the checkpoint being resumed or the configured initial one, read from
+// src) with the task's model surgery; log reports what was loaded.
+func (t *Trainer) buildDownstream(r *replica, src string, sd *ckpt.StateDict, log bool) error {
 	c := t.cfg
-	m, err := model.New(t.be, t.mc, c.Seed)
-	if err != nil {
-		return err
-	}
-	src, sd, err := t.initCheckpoint(resumeFrom)
+	m, err := model.New(r.be, t.mc, c.Seed)
 	if err != nil {
 		return err
 	}
@@ -43,7 +40,9 @@ func (t *Trainer) buildDownstream(resumeFrom string) error {
 		if o.Answers, from, err = tasks.LoadAnswers(c.Ans2Label, src); err != nil {
 			return err
 		}
-		fmt.Fprintf(t.opts.Log, "finetune: vqa: %d answers from %s\n", len(o.Answers), from)
+		if log {
+			fmt.Fprintf(t.opts.Log, "finetune: vqa: %d answers from %s\n", len(o.Answers), from)
+		}
 		t.ckptFiles = map[string][]byte{tasks.Ans2LabelFile: tasks.AnswersJSON(o.Answers)}
 	}
 	down, err := tasks.NewDownstream(c.Task, m, o)
@@ -54,9 +53,10 @@ func (t *Trainer) buildDownstream(resumeFrom string) error {
 	if err != nil {
 		return err
 	}
-	t.logLoad(src, rep)
-	t.m, t.down, t.task = m, down, down
-	t.newUpdater()
+	if log {
+		t.logLoad(src, rep)
+	}
+	r.m, r.down, r.task = m, down, down
 	return nil
 }
 
@@ -155,7 +155,7 @@ func OpenDownstream(c *DBs, task tasks.Downstream, txtDir, imgDir string, o data
 func (t *Trainer) validateDownstream() error {
 	var summary []string
 	for _, s := range t.splits {
-		ev, err := EvaluateDownstream(t.ctx, t.down, s.ds, EvalOptions{Budget: t.cfg.ValBatchSize, Workers: t.cfg.NWorkers})
+		ev, err := t.shardedEval(s.ds)
 		if err != nil {
 			return fmt.Errorf("validation at step %d: %s: %w", t.step, s.name, err)
 		}
@@ -168,12 +168,21 @@ func (t *Trainer) validateDownstream() error {
 			return err
 		}
 		summary = append(summary, fmt.Sprintf("%s %s", s.name, formatMetrics(metrics)))
+		if t.world.Rank != 0 {
+			// Rank 0 writes the world's predictions and best checkpoint.
+			continue
+		}
 		if err := t.writeResults(s.name, ev); err != nil {
 			return err
 		}
 		if acc, ok := metrics["acc"]; ok && s.name == "val" && (t.best.Metric == "" || acc > t.best.Value) {
 			t.best = Best{Step: t.step, Metric: "val acc", Value: acc}
-			path, err := SaveBest(filepath.Join(t.opts.Output, CkptDir), t.m, t.best, t.ckptFiles)
+			var path string
+			err := t.reps[0].onWorker(func() error {
+				var err error
+				path, err = SaveBest(filepath.Join(t.opts.Output, CkptDir), t.m, t.best, t.ckptFiles)
+				return err
+			})
 			if err != nil {
 				return err
 			}
@@ -181,7 +190,7 @@ func (t *Trainer) validateDownstream() error {
 		}
 	}
 	fmt.Fprintf(t.opts.Log, "\nfinetune: step %d validation: %s\n", t.step, strings.Join(summary, "; "))
-	return WritePlots(filepath.Join(t.opts.Output, LogDir), t.metrics.records)
+	return t.plots()
 }
 
 // writeResults stores a split's predictions as results/{split}_results_{step}_rank0

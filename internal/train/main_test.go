@@ -19,8 +19,10 @@ var (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if worldDir != "" {
-		os.RemoveAll(worldDir)
+	for _, d := range []string{worldDir, ftDir} {
+		if d != "" {
+			os.RemoveAll(d)
+		}
 	}
 	os.Exit(code)
 }

@@ -62,6 +62,8 @@ func (r Record) String(key string) string {
 }
 
 // metricsLog appends rows to metrics.jsonl and keeps them for the plots.
+// Without a file (the ranks other than 0 of a multi-process run) it
+// writes nothing.
 type metricsLog struct {
 	path    string
 	f       *os.File
@@ -117,6 +119,9 @@ func openMetrics(path string, resumeStep int, resume bool) (*metricsLog, error) 
 
 // Write appends one row.
 func (l *metricsLog) Write(r Row) error {
+	if l.f == nil {
+		return nil
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -131,10 +136,20 @@ func (l *metricsLog) Write(r Row) error {
 }
 
 // Sync flushes the file to disk (before a checkpoint claims the steps).
-func (l *metricsLog) Sync() error { return l.f.Sync() }
+func (l *metricsLog) Sync() error {
+	if l.f == nil {
+		return nil
+	}
+	return l.f.Sync()
+}
 
 // Close closes the file.
-func (l *metricsLog) Close() error { return l.f.Close() }
+func (l *metricsLog) Close() error {
+	if l.f == nil {
+		return nil
+	}
+	return l.f.Close()
+}
 
 // ReadMetrics reads every row of a metrics.jsonl file.
 func ReadMetrics(path string) ([]Record, error) {

@@ -12,9 +12,11 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,6 +52,9 @@ type Options struct {
 	// Log receives one-line messages (checkpoint loads, validation,
 	// saves); nil discards them.
 	Log io.Writer
+	// World is the data-parallel layout; the zero value is one replica on
+	// Backend.
+	World World
 }
 
 // Trainer is one training run: pretraining or fine-tuning.
@@ -60,11 +65,17 @@ type Trainer struct {
 	mc   model.Config
 	lock *dirLock
 
-	m    *model.Model
-	task tasks.Task
-	pt   *tasks.Pretrain  // pretraining runs
-	down tasks.Downstream // fine-tuning runs
-	upd  *Updater
+	// reps are this process's replicas; the fields below are replica 0's,
+	// which validates, saves and logs.
+	reps   []*replica
+	world  World
+	gsync  gradSync // nil with one replica in the world
+	layout layout   // of every replica's flat gradients, with gsync
+	m      *model.Model
+	task   tasks.Task
+	pt     *tasks.Pretrain  // pretraining runs
+	down   tasks.Downstream // fine-tuning runs
+	upd    *Updater
 	// ckptFiles are written into every checkpoint (VQA: ans2label.json).
 	ckptFiles map[string][]byte
 
@@ -118,7 +129,7 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Trainer{cfg: cfg, opts: o, be: o.Backend, mc: mc, taskOf: map[string]string{},
+	t := &Trainer{cfg: cfg, opts: o, be: o.Backend, mc: mc, taskOf: map[string]string{}, world: o.World.normal(),
 		train: map[string]Dataset{}, loader: map[string]*data.Loader[*data.Batch]{}, positions: map[string]data.Position{}}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	ok := false
@@ -127,31 +138,16 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 			t.Close()
 		}
 	}()
-	if t.lock, err = lockDir(o.Output, name); err != nil {
-		return nil, err
-	}
-
+	// Rank 0 owns the output directory and decides where the run starts;
+	// the other processes follow its decision.
 	var resumeFrom string
-	ckptDir := filepath.Join(o.Output, CkptDir)
-	latest, err := LatestCheckpoint(ckptDir)
-	if err != nil {
+	if t.world.Rank == 0 {
+		resumeFrom, err = t.startPoint(name)
+	}
+	if resumeFrom, err = t.world.agreeStart(resumeFrom, err); err != nil {
 		return nil, err
 	}
-	switch {
-	case o.Resume && latest != "":
-		resumeFrom = latest
-	case o.Resume:
-		fmt.Fprintf(o.Log, "%s: no checkpoint in %s, starting from step 0\n", name, ckptDir)
-	case latest != "":
-		return nil, fmt.Errorf("%s: %s already holds checkpoint %s: pass --resume to continue it or choose another --output", name, o.Output, filepath.Base(latest))
-	}
-
-	if cfg.Task == TaskPretrain {
-		err = t.buildPretrain(resumeFrom)
-	} else {
-		err = t.buildDownstream(resumeFrom)
-	}
-	if err != nil {
+	if err := t.buildReplicas(resumeFrom); err != nil {
 		return nil, err
 	}
 	if cfg.Task == TaskPretrain {
@@ -167,7 +163,16 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 			return nil, err
 		}
 	}
+	if err := t.startSync(); err != nil {
+		return nil, err
+	}
 	t.startLoaders()
+	t.lastSave, t.lastValid = t.step, t.step
+	ok = true
+	if t.world.Rank != 0 {
+		t.metrics = &metricsLog{}
+		return t, nil
+	}
 	logDir := filepath.Join(o.Output, LogDir)
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -179,38 +184,98 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 		return nil, fmt.Errorf("%s: log/model.json: %w", name, err)
 	}
 	if t.metrics, err = openMetrics(filepath.Join(logDir, "metrics.jsonl"), t.step, resumeFrom != ""); err != nil {
+		ok = false
 		return nil, err
 	}
-	t.lastSave, t.lastValid = t.step, t.step
-	ok = true
 	return t, nil
 }
 
-// buildPretrain creates the model with its pretraining heads, from the
-// checkpoint being resumed, the configured init checkpoint, or the seed.
-func (t *Trainer) buildPretrain(resumeFrom string) error {
-	m, err := model.New(t.be, t.mc, t.cfg.Seed)
+// startPoint locks the output directory and returns the checkpoint the
+// run resumes from ("" for a fresh start).
+func (t *Trainer) startPoint(name string) (string, error) {
+	o := t.opts
+	var err error
+	if t.lock, err = lockDir(o.Output, name); err != nil {
+		return "", err
+	}
+	ckptDir := filepath.Join(o.Output, CkptDir)
+	latest, err := LatestCheckpoint(ckptDir)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case o.Resume && latest != "":
+		return latest, nil
+	case o.Resume:
+		fmt.Fprintf(o.Log, "%s: no checkpoint in %s, starting from step 0\n", name, ckptDir)
+	case latest != "":
+		return "", fmt.Errorf("%s: %s already holds checkpoint %s: pass --resume to continue it or choose another --output", name, o.Output, filepath.Base(latest))
+	}
+	return "", nil
+}
+
+// buildReplicas creates this process's replicas, each with the task's
+// head, from the same checkpoint (read once) or seed, and their
+// optimizers.
+func (t *Trainer) buildReplicas(resumeFrom string) error {
+	src, sd, err := t.initCheckpoint(resumeFrom)
+	if err != nil {
+		return err
+	}
+	for i := range t.world.Replicas {
+		be := t.opts.Backend
+		if t.world.NewBackend != nil {
+			if be, err = t.world.NewBackend(i); err != nil {
+				return fmt.Errorf("replica %d: %w", i, err)
+			}
+		}
+		r := &replica{be: be}
+		if t.world.Replicas > 1 {
+			r.work = newWorker()
+		}
+		t.reps = append(t.reps, r)
+		if err := r.onWorker(func() error {
+			if t.cfg.Task == TaskPretrain {
+				return t.buildPretrain(r, src, sd, resumeFrom != "", i == 0)
+			}
+			return t.buildDownstream(r, src, sd, i == 0)
+		}); err != nil {
+			return err
+		}
+		r.upd = t.newUpdater(r)
+	}
+	r := t.reps[0]
+	t.be, t.m, t.task, t.pt, t.down, t.upd = r.be, r.m, r.task, r.pt, r.down, r.upd
+	return nil
+}
+
+// buildPretrain creates r's model with its pretraining heads, from sd (the
+// checkpoint being resumed or the configured init one, read from src) or
+// the seed; resume loads every key (an init checkpoint may lack the
+// heads), log reports what was loaded.
+func (t *Trainer) buildPretrain(r *replica, src string, sd *ckpt.StateDict, resume, log bool) error {
+	m, err := model.New(r.be, t.mc, t.cfg.Seed)
 	if err != nil {
 		return err
 	}
 	heads := model.NewPretrainHeads(m)
-	t.m = m
-	t.pt = &tasks.Pretrain{M: m, H: heads, OTWeight: t.cfg.ITMOTLambda, FP16: t.cfg.FP16}
-	t.task = t.pt
-	t.newUpdater()
-	src, sd, err := t.initCheckpoint(resumeFrom)
-	if err != nil || sd == nil {
-		return err
+	r.m = m
+	r.pt = &tasks.Pretrain{M: m, H: heads, OTWeight: t.cfg.ITMOTLambda, FP16: t.cfg.FP16}
+	r.task = r.pt
+	if sd == nil {
+		return nil
 	}
 	load := m.LoadStateDict
-	if resumeFrom == "" {
+	if !resume {
 		load = m.LoadInitStateDict
 	}
 	rep, err := load(sd, src)
 	if err != nil {
 		return err
 	}
-	t.logLoad(src, rep)
+	if log {
+		t.logLoad(src, rep)
+	}
 	return nil
 }
 
@@ -240,13 +305,13 @@ func (t *Trainer) logLoad(src string, rep model.LoadReport) {
 	fmt.Fprintf(t.opts.Log, "uniter: checkpoint %s: %s\n", src, line)
 }
 
-// newUpdater creates the optimizer and updater over the model's parameters
-// (after any model surgery, so the moments have the final shapes).
-func (t *Trainer) newUpdater() {
+// newUpdater creates the optimizer and updater over r's parameters (after
+// any model surgery, so the moments have the final shapes).
+func (t *Trainer) newUpdater(r *replica) *Updater {
 	c := t.cfg
-	opt := NewAdamW(t.be, t.m.Params.List(), AdamWOptions{Beta1: c.Betas[0], Beta2: c.Betas[1], Eps: AdamEps,
+	opt := NewAdamW(r.be, r.m.Params.List(), AdamWOptions{Beta1: c.Betas[0], Beta2: c.Betas[1], Eps: AdamEps,
 		WeightDecay: c.WeightDecay, LRMul: c.LRMul})
-	t.upd = NewUpdater(t.be, t.m.Params.List(), opt, c.GradNorm, c.FP16, c.LossScale, c.LossScaleWindow)
+	return NewUpdater(r.be, r.m.Params.List(), opt, c.GradNorm, c.FP16, c.LossScale, c.LossScaleWindow)
 }
 
 // openData opens every training and validation dataset and the task mixer.
@@ -299,14 +364,16 @@ func (t *Trainer) restore(path string) error {
 	if strings.Join(st.TaskKeys, ",") != strings.Join(t.keys, ",") {
 		return fmt.Errorf("%s --resume: config task keys %v differ from checkpoint %s's %v", name, t.keys, path, st.TaskKeys)
 	}
-	if err := checkExact(st.Exact, t.exactKeys(), name, path); err != nil {
+	if err := checkExact(st.Exact, t.exactKeys(), name, path, t.world.global()); err != nil {
 		return err
 	}
 	t.best = st.Best
-	if err := LoadOptimizer(path, t.upd.Opt, st.AdamSteps); err != nil {
-		return err
+	for _, r := range t.reps {
+		if err := r.onWorker(func() error { return LoadOptimizer(path, r.upd.Opt, st.AdamSteps) }); err != nil {
+			return err
+		}
+		r.upd.SetScalers(st.Scalers)
 	}
-	t.upd.SetScalers(st.Scalers)
 	t.step, t.elapsed0 = st.Step, st.ElapsedS
 	for k, p := range st.Positions {
 		t.positions[k] = p
@@ -316,7 +383,8 @@ func (t *Trainer) restore(path string) error {
 }
 
 // startLoaders starts one prefetching loader per task key, each stream
-// positioned after the last batch the run consumed.
+// positioned after the last batch the run consumed (every process reads
+// the whole stream, and builds its own micro-batches of it).
 func (t *Trainer) startLoaders() {
 	c := t.cfg
 	prefetch := max(c.NWorkers, c.GradientAccumulationSteps)
@@ -327,7 +395,8 @@ func (t *Trainer) startLoaders() {
 		if p, ok := t.positions[key]; ok {
 			bs.Seek(p.Next())
 		}
-		t.loader[key] = data.NewLoader(t.ctx, bs, ds.Build(task), c.NWorkers, prefetch)
+		src, build := t.world.share(bs, ds.Build(task), c.GradientAccumulationSteps)
+		t.loader[key] = data.NewLoader(t.ctx, src, build, c.NWorkers, prefetch)
 	}
 }
 
@@ -337,6 +406,14 @@ func (t *Trainer) Close() {
 	t.cancel()
 	for _, l := range t.loader {
 		l.Close()
+	}
+	if t.gsync != nil {
+		t.gsync.close()
+	}
+	for _, r := range t.reps {
+		if r.work != nil {
+			r.work.close()
+		}
 	}
 	if t.dbs != nil {
 		t.dbs.Close()
@@ -365,7 +442,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 	stop := t.stopStep()
 	t.start = time.Now()
 	var bar *progressbar.ProgressBar
-	if t.opts.Progress != nil {
+	if t.opts.Progress != nil && t.world.Rank == 0 {
 		every := t.opts.ProgressEvery
 		if every <= 0 {
 			every = 200 * time.Millisecond
@@ -383,7 +460,11 @@ func (t *Trainer) Run(ctx context.Context) error {
 	}
 	name := cmdName(t.cfg)
 	for t.step < stop {
-		if err := ctx.Err(); err != nil {
+		halt, err := t.agreeStop(ctx.Err() != nil)
+		if err != nil {
+			return err
+		}
+		if halt {
 			// A scheduler's SIGTERM leaves seconds, not a validation pass:
 			// the checkpoint comes first and alone.
 			fmt.Fprintf(t.opts.Log, "\n%s: interrupted after step %d, saving a checkpoint\n", name, t.step)
@@ -432,110 +513,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	return WritePlots(filepath.Join(t.opts.Output, LogDir), t.metrics.records)
-}
-
-// stepRow is a training step's metrics row and what the progress bar shows.
-type stepRow struct {
-	row        Row
-	key        string
-	loss       float64
-	tokensPerS float64
-}
-
-// trainStep runs one optimizer update: the gradient_accumulation_steps
-// micro-batches of the step's task, then the update.
-func (t *Trainer) trainStep() (stepRow, error) {
-	c := t.cfg
-	step := t.step + 1
-	key := t.mixer.Task(step)
-	task := t.taskOf[key]
-	k := c.GradientAccumulationSteps
-	batches := make([]*data.Batch, k)
-	var last data.Position
-	for i := range batches {
-		b, pos, err := t.loader[key].Next()
-		if err != nil {
-			return stepRow{}, fmt.Errorf("step %d: %s: %w", step, key, err)
-		}
-		batches[i], last = b, pos
-	}
-	t.m.Params.ZeroGrad()
-	t.m.SetTrain(true)
-	w, err := runWindow(t.task, task, batches, t.upd.Scale(key), func(i int) uint64 { return DropoutSeed(c.Seed, step, i) })
-	if err != nil {
-		return stepRow{}, fmt.Errorf("step %d: %s: %w", step, key, err)
-	}
-	t.positions[key] = last
-	lr := LR(c.LearningRate, step, c.WarmupSteps, c.NumTrainSteps)
-	info, err := t.upd.Apply(key, lr)
-	if err != nil {
-		return stepRow{}, fmt.Errorf("step %d: %s: %w", step, key, err)
-	}
-	t.step = step
-	t.tokens += w.tokens
-	since := time.Since(t.start).Seconds()
-	tps := float64(t.tokens) / max(since, 1e-9)
-	row := Row{{"step", step}, {"task", key}, {"loss", w.loss}, {"lr", lr}, {"loss_scale", info.LossScale},
-		{"tokens", w.tokens}, {"pad_frac", 1 - float64(w.tokens)/float64(w.slots)}, {"examples", w.examples},
-		{"elapsed_s", t.elapsed0 + since}, {"tokens_per_s", tps}, {"grad_norm", info.GradNorm}}
-	if info.Skipped {
-		row = append(row, Field{"skipped", true})
-	}
-	for _, name := range sortedKeys(w.parts) {
-		row = append(row, Field{name, w.parts[name]})
-	}
-	return stepRow{row: row, key: key, loss: w.loss, tokensPerS: tps}, nil
-}
-
-// window is what one accumulation window measured.
-type window struct {
-	loss                    float64 // the window's mean loss
-	parts                   map[string]float64
-	tokens, slots, examples int
-}
-
-// runWindow runs the forward and backward of every micro-batch of a window
-// of task, accumulating into the parameters' gradients the gradient of the
-// window's loss times scale, and releases the batches. seed gives each
-// micro-batch's dropout seed.
-//
-// Each micro-batch's loss is weighted by its share of the window's loss
-// units (masked tokens, masked regions or examples), so the accumulated
-// gradient is that of the loss averaged over the whole window: the same as
-// one batch holding all its examples. The reference instead sums the
-// micro-batches' means, which differs by about the accumulation factor;
-// AdamW is insensitive to that scale except through eps and the clipping
-// threshold.
-func runWindow(p tasks.Task, task string, batches []*data.Batch, scale float64, seed func(micro int) uint64) (window, error) {
-	units := make([]int, len(batches))
-	total := 0
-	for i, b := range batches {
-		units[i] = p.LossUnits(task, b)
-		total += units[i]
-	}
-	w := window{parts: map[string]float64{}}
-	defer func() {
-		for _, b := range batches {
-			b.Release()
-		}
-	}()
-	for i, b := range batches {
-		share := float64(units[i]) / float64(total)
-		p.Model().SetStepSeed(seed(i))
-		res, err := p.Step(task, b, true, float32(scale*share))
-		if err != nil {
-			return w, fmt.Errorf("micro-batch %d: %w", i, err)
-		}
-		w.loss += share * res.Loss
-		for name, v := range res.Parts {
-			w.parts[name] += share * v
-		}
-		w.tokens += b.Tokens()
-		w.slots += b.B * b.S
-		w.examples += res.Examples
-	}
-	return w, nil
+	return t.plots()
 }
 
 // validate evaluates the validation data, logs a row per task key or
@@ -548,12 +526,15 @@ func (t *Trainer) validate() error {
 	if len(t.val) == 0 {
 		return nil
 	}
-	o := EvalOptions{Budget: t.cfg.ValBatchSize, Workers: t.cfg.NWorkers}
 	var summary []string
 	for _, v := range t.val {
-		res, err := Evaluate(t.ctx, t.pt, v.ds, v.tasks, o)
-		if err != nil {
-			return fmt.Errorf("validation at step %d: %s: %w", t.step, v.name, err)
+		res := map[string]Metrics{}
+		for _, task := range v.tasks {
+			sums, err := t.shardedSums(func(r *replica, o EvalOptions) (taskSums, error) { return evalSums(t.ctx, r.pt, v.ds, task, o) })
+			if err != nil {
+				return fmt.Errorf("validation at step %d: %s: %w", t.step, v.name, err)
+			}
+			res[task] = sums.metrics(t.pt, task)
 		}
 		for _, task := range v.tasks {
 			key := task + "_" + v.name
@@ -568,18 +549,28 @@ func (t *Trainer) validate() error {
 		}
 	}
 	fmt.Fprintf(t.opts.Log, "\npretrain: step %d validation: %s\n", t.step, strings.Join(summary, "; "))
-	return WritePlots(filepath.Join(t.opts.Output, LogDir), t.metrics.records)
+	return t.plots()
 }
 
 // save writes a checkpoint of the current step.
 func (t *Trainer) save() error {
+	if t.world.Rank != 0 {
+		// Rank 0 writes the one checkpoint of the world.
+		t.lastSave = t.step
+		return nil
+	}
 	if err := t.metrics.Sync(); err != nil {
 		return err
 	}
 	st := &State{Step: t.step, AdamSteps: t.upd.Opt.Steps(), Seed: t.cfg.Seed, TaskKeys: t.keys,
 		Scalers: t.upd.Scalers(), Positions: t.positions, ElapsedS: t.elapsed0 + time.Since(t.start).Seconds(),
 		Exact: t.exactKeys(), Best: t.best}
-	path, err := SaveCheckpoint(filepath.Join(t.opts.Output, CkptDir), t.m, t.upd.Opt, st, t.cfg.KeepCkpts, t.ckptFiles)
+	var path string
+	err := t.reps[0].onWorker(func() error {
+		var err error
+		path, err = SaveCheckpoint(filepath.Join(t.opts.Output, CkptDir), t.m, t.upd.Opt, st, t.cfg.KeepCkpts, t.ckptFiles)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -597,27 +588,49 @@ func cmdName(c *Config) string {
 }
 
 // exactKeys are the settings a resumed run must share with its checkpoint
-// to continue exactly: the data order and the schedule depend on them.
+// to continue exactly: the data order and the schedule depend on them. The
+// window is recorded as its global micro-batch count, so that a run may
+// resume on another number of replicas.
 func (t *Trainer) exactKeys() map[string]string {
 	c := t.cfg
 	return map[string]string{
 		"task": c.Task, "train_batch_size": fmt.Sprint(c.TrainBatchSize),
-		"gradient_accumulation_steps": fmt.Sprint(c.GradientAccumulationSteps),
-		"num_train_steps":             fmt.Sprint(c.NumTrainSteps), "model": string(t.mc.JSON()), "variant": c.Variant,
+		microBatchesKey:   fmt.Sprint(t.world.global() * c.GradientAccumulationSteps),
+		"num_train_steps": fmt.Sprint(c.NumTrainSteps), "model": string(t.mc.JSON()), "variant": c.Variant,
 	}
 }
 
+// microBatchesKey records a step's micro-batches over the world (replicas
+// x gradient_accumulation_steps); checkpoints of single-replica runs from
+// before data parallelism record gradient_accumulation_steps instead.
+const microBatchesKey = "micro_batches_per_step"
+
 // checkExact refuses to resume when a setting in want differs from the
 // checkpoint's (saved); checkpoints written before these were recorded
-// have none.
-func checkExact(saved, want map[string]string, name, path string) error {
+// have none. world is the number of replicas of the resuming run, for
+// the message that says how to keep the window.
+func checkExact(saved, want map[string]string, name, path string, world int) error {
+	if old, ok := saved["gradient_accumulation_steps"]; ok {
+		if _, ok := saved[microBatchesKey]; !ok {
+			saved = maps.Clone(saved)
+			saved[microBatchesKey] = old
+		}
+	}
 	for _, k := range sortedKeys(want) {
 		old, ok := saved[k]
 		if !ok || old == want[k] {
 			continue
 		}
-		if k == "model" {
+		switch k {
+		case "model":
 			return fmt.Errorf("%s --resume: the model config differs from the one checkpoint %s was trained with; resuming would not continue that run", name, path)
+		case microBatchesKey:
+			n, _ := strconv.Atoi(old)
+			hint := fmt.Sprintf("no whole gradient_accumulation_steps gives %d with %d replicas", n, world)
+			if n%world == 0 {
+				hint = fmt.Sprintf("with %d replicas set gradient_accumulation_steps=%d", world, n/world)
+			}
+			return fmt.Errorf("%s --resume: checkpoint %s was trained with %s micro-batches per step (replicas x gradient_accumulation_steps), this run has %s: %s to continue it", name, path, old, want[k], hint)
 		}
 		return fmt.Errorf("%s --resume: config %s = %q but checkpoint %s was trained with %q; resuming would not continue that run (start a new --output instead)", name, k, want[k], path, old)
 	}
@@ -666,4 +679,12 @@ func formatMetrics(m Metrics) string {
 		}
 	}
 	return strings.Join(parts, " ")
+}
+
+// plots redraws the curves (rank 0 alone holds the metrics).
+func (t *Trainer) plots() error {
+	if t.world.Rank != 0 {
+		return nil
+	}
+	return WritePlots(filepath.Join(t.opts.Output, LogDir), t.metrics.records)
 }

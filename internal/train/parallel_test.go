@@ -1,0 +1,212 @@
+package train
+
+import (
+	"context"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"uniter/internal/compute"
+	"uniter/internal/data"
+)
+
+// runWorld trains cfg with replicas in-process replicas (one CPU thread
+// each) into out and returns the metrics rows and the final weights.
+func runWorld(t *testing.T, cfg *Config, out string, replicas int, resume bool, steps int) ([]Record, map[string][]float32) {
+	t.Helper()
+	o := Options{Output: out, Resume: resume, Steps: steps, Backend: compute.NewCPU(1),
+		World: World{Replicas: replicas, NewBackend: func(int) (compute.Backend, error) { return compute.NewCPU(1), nil }}}
+	tr, err := New(cfg, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	if err := tr.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	w := map[string][]float32{}
+	for _, r := range tr.reps {
+		for _, p := range r.m.Params.List() {
+			got := r.be.ToF32(p.W)
+			if want, ok := w[p.Name]; ok {
+				// Every replica applies the same reduced gradients.
+				for i := range got {
+					if got[i] != want[i] {
+						t.Fatalf("%d replicas: %s[%d] differs between replicas: %v vs %v", replicas, p.Name, i, got[i], want[i])
+					}
+				}
+			}
+			w[p.Name] = got
+		}
+	}
+	recs, err := ReadMetrics(filepath.Join(out, LogDir, "metrics.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs, w
+}
+
+// sameRun checks that two runs logged the same losses and validation
+// metrics step for step and ended with the same weights, to fp32
+// summation order (1e-5 relative).
+func sameRun(t *testing.T, name string, wantRecs, gotRecs []Record, want, got map[string][]float32) {
+	t.Helper()
+	if len(gotRecs) != len(wantRecs) {
+		t.Fatalf("%s: %d metrics rows, want %d", name, len(gotRecs), len(wantRecs))
+	}
+	worst := 0.0
+	for i, w := range wantRecs {
+		g := gotRecs[i]
+		if g.Step() != w.Step() || g.String("task") != w.String("task") || g.String("split") != w.String("split") {
+			t.Fatalf("%s: row %d is step %d %s %s, want step %d %s %s", name, i, g.Step(), g.String("task"), g.String("split"), w.Step(), g.String("task"), w.String("split"))
+		}
+		for _, k := range []string{"loss", "acc", "tokens", "examples", "grad_norm", "n"} {
+			wv, ok := w.Float(k)
+			if !ok {
+				continue
+			}
+			gv, _ := g.Float(k)
+			rel := math.Abs(gv-wv) / max(math.Abs(wv), 1e-12)
+			worst = max(worst, rel)
+			if rel > 1e-5 {
+				t.Errorf("%s: step %d %s %s %s = %v, want %v (relative %.2g)", name, w.Step(), w.String("split"), w.String("task"), k, gv, wv, rel)
+			}
+		}
+	}
+	var diff2, norm2 float64
+	for n, wv := range want {
+		gv := got[n]
+		for i := range wv {
+			d := float64(gv[i]) - float64(wv[i])
+			diff2 += d * d
+			norm2 += float64(wv[i]) * float64(wv[i])
+		}
+	}
+	rel := math.Sqrt(diff2 / norm2)
+	t.Logf("%s: worst metric relative difference %.2g, weights relative L2 %.2g", name, worst, rel)
+	if rel > 1e-5 {
+		t.Errorf("%s: final weights differ by %.3g relative (L2)", name, rel)
+	}
+}
+
+func TestReplicasEqualAccumulation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains three runs")
+	}
+	base := func(k int) *Config {
+		c := testConfig(t)
+		c.NumTrainSteps, c.WarmupSteps, c.ValidSteps = 6, 2, 3
+		c.TrainBatchSize = 256
+		c.GradientAccumulationSteps = k
+		return c
+	}
+	dir := t.TempDir()
+	wantRecs, want := runWorld(t, base(6), filepath.Join(dir, "r1"), 1, false, 0)
+	for _, r := range []int{2, 3} {
+		recs, got := runWorld(t, base(6/r), filepath.Join(dir, "r"+string(rune('0'+r))), r, false, 0)
+		for _, rec := range recs {
+			if ws, ok := rec.Float("world_size"); ok && int(ws) != r {
+				t.Fatalf("%d replicas: world_size %v", r, ws)
+			}
+		}
+		sameRun(t, string(rune('0'+r))+" replicas", wantRecs, recs, want, got)
+	}
+}
+
+// TestResumeOnOtherReplicas pauses a 2-replica run and continues it on 1
+// replica (accumulation doubled), and the other way round: both equal the
+// uninterrupted run.
+func TestResumeOnOtherReplicas(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains several runs")
+	}
+	base := func(k int) *Config {
+		c := testConfig(t)
+		c.NumTrainSteps, c.WarmupSteps, c.SaveSteps = 6, 2, 3
+		c.TrainBatchSize = 256
+		c.GradientAccumulationSteps = k
+		return c
+	}
+	dir := t.TempDir()
+	wantRecs, want := runWorld(t, base(2), filepath.Join(dir, "whole"), 1, false, 0)
+	for _, c := range []struct {
+		name          string
+		first, then   int
+		kFirst, kThen int
+	}{{"2 then 1", 2, 1, 1, 2}, {"1 then 2", 1, 2, 2, 1}} {
+		out := filepath.Join(dir, c.name)
+		runWorld(t, base(c.kFirst), out, c.first, false, 3)
+		recs, got := runWorld(t, base(c.kThen), out, c.then, true, 0)
+		sameRun(t, c.name, wantRecs, recs, want, got)
+	}
+	// The same global window is required, with the accumulation to set.
+	out := filepath.Join(dir, "2 then 1")
+	_, err := New(base(1), Options{Output: out, Resume: true, Backend: compute.NewCPU(1)})
+	if err == nil || !strings.Contains(err.Error(), "set gradient_accumulation_steps=2") {
+		t.Fatalf("resume on 1 replica with accumulation 1: %v, want the accumulation to set", err)
+	}
+}
+
+var (
+	ftOnce sync.Once
+	ftDir  string
+	ftErr  error
+)
+
+// ftConfig is a VQA fine-tuning config over a small world with questions.
+func ftConfig(t *testing.T) *Config {
+	ftOnce.Do(func() {
+		if ftDir, ftErr = os.MkdirTemp("", "uniter-train-ft-"); ftErr == nil {
+			_, ftErr = data.Synth(ftDir, data.SynthOptions{Seed: 5, Images: 30, ValImages: 8, ImgDim: 32, Captions: 1, Questions: 2})
+		}
+	})
+	if ftErr != nil {
+		t.Fatal(ftErr)
+	}
+	c := DefaultConfigFor("vqa")
+	c.ModelConfig = "tiny"
+	m := microModel()
+	c.Model = ModelOverrides{VocabSize: m.VocabSize, HiddenSize: m.HiddenSize, NumHiddenLayers: m.NumHiddenLayers,
+		NumAttentionHeads: m.NumAttentionHeads, IntermediateSize: m.IntermediateSize, ImgDim: m.ImgDim}
+	c.Ans2Label = ftDir + "/txt/vqa_train.db/ans2label.json"
+	c.TrainTxtDBs, c.TrainImgDBs = []string{ftDir + "/txt/vqa_train.db"}, []string{ftDir + "/img/synth_train"}
+	c.ValTxtDB, c.ValImgDB = ftDir+"/txt/vqa_val.db", ftDir+"/img/synth_val"
+	c.TrainBatchSize, c.ValBatchSize = 256, 1024
+	c.LearningRate, c.NumTrainSteps, c.WarmupSteps = 1e-3, 6, 2
+	c.ValidSteps, c.SaveSteps, c.LogSteps, c.NWorkers = 3, 1000, 1, 1
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return &c
+}
+
+func TestReplicasEqualAccumulationFinetune(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains two runs")
+	}
+	base := func(k int) *Config {
+		c := ftConfig(t)
+		c.GradientAccumulationSteps = k
+		return c
+	}
+	dir := t.TempDir()
+	wantRecs, want := runWorld(t, base(2), filepath.Join(dir, "r1"), 1, false, 0)
+	recs, got := runWorld(t, base(1), filepath.Join(dir, "r2"), 2, false, 0)
+	sameRun(t, "vqa 2 replicas", wantRecs, recs, want, got)
+	// Validation was split across the replicas and joined in order: the
+	// predictions file is the single replica's.
+	a, err := os.ReadFile(filepath.Join(dir, "r1", ResultsDir, "val_results_6_rank0.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "r2", ResultsDir, "val_results_6_rank0.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(a) != string(b) {
+		t.Errorf("2-replica validation predictions differ from 1 replica's")
+	}
+}
