@@ -5,19 +5,30 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 PY      ?= /usr/bin/python3
 
-.PHONY: all setup build test bench demo cuda cuda-check golden fmt vet clean
+.PHONY: all setup gloo-shim build test bench demo cuda cuda-check golden fmt vet clean
 
 all: build
 
 setup:
 	@./scripts/setup.sh
 
-build: setup
+# The Gloo shim (C API over libgloo) that internal/dist embeds and dlopens
+# at first use, so bin/uniter itself never links libgloo and starts where
+# it is missing; a plain `go build` works too, just without multi-process
+# CPU training.
+GLOO_SHIM := internal/dist/glooshim/libuniter_gloo.so
+
+gloo-shim: $(GLOO_SHIM)
+
+$(GLOO_SHIM): internal/dist/glooshim/shim.cc | setup
+	g++ -O2 -fPIC -shared -std=c++17 -Wall -o $@ $< -lgloo
+
+build: setup gloo-shim
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/uniter ./cmd/uniter
 
-test: setup
+test: setup gloo-shim
 	$(GO) vet ./...
-	$(GO) test -count=1 ./...
+	UNITER_REQUIRE_GLOO=1 $(GO) test -count=1 ./...
 
 # CPU benchmarks: Go micro-benchmarks, then the base model next to the
 # PyTorch reference on the same batch and threads (needs python3-torch).
@@ -34,13 +45,13 @@ demo: build
 	./scripts/demo.sh
 
 # CUDA build: Debian's 11.8 toolkit (installed on demand).
-cuda:
+cuda: gloo-shim
 	@./scripts/setup.sh cuda
 	$(MAKE) -C kernels
 	$(GO) build -tags cuda -ldflags "$(LDFLAGS)" -o bin/uniter ./cmd/uniter
 
 # What CI checks of the CUDA path: every kernel compiles, vet and build pass.
-cuda-check:
+cuda-check: gloo-shim
 	@./scripts/setup.sh cuda
 	@if ls kernels/*.cu >/dev/null 2>&1; then $(MAKE) -C kernels; else echo "cuda-check: no kernels yet"; fi
 	$(GO) vet -tags cuda ./...
@@ -60,4 +71,4 @@ vet:
 	$(GO) vet ./...
 
 clean:
-	rm -rf bin runs
+	rm -rf bin runs $(GLOO_SHIM)

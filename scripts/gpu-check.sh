@@ -10,9 +10,10 @@
 #       (carry ["bin"]).
 #   scripts/gpu-check.sh OUTDIR      on the GPU host, from the repository
 #       root with bin/ prepared: GPU and driver, the CUDA tests (every op
-#       against the CPU backend, hgemm, a tiny-model training step), kernel
-#       timings next to PyTorch on the same shapes, `uniter bench` on
-#       UNITER-base next to the PyTorch reference step, and a table last.
+#       against the CPU backend, hgemm, a tiny-model training step), a 1-rank
+#       NCCL all-reduce with the host's libnccl.so.2, kernel timings next to
+#       PyTorch on the same shapes, `uniter bench` on UNITER-base next to the
+#       PyTorch reference step, and a table last.
 #       Full logs go to OUTDIR; every stage has its own timeout so the whole
 #       run stays under 6 minutes, and a failing stage does not stop the
 #       others (the exit status is 1 if any failed).
@@ -70,10 +71,23 @@ head -20 "$OUT/gpu.log"
 stage version 10 version.log bin/uniter version
 
 # Correctness first: per-launch synchronisation names a faulting kernel.
-stage tests 100 tests.log env UNITER_CUDA_SYNC=1 bin/gpu.test -test.v -test.count=1 -test.timeout=95s
+stage tests 95 tests.log env UNITER_CUDA_SYNC=1 bin/gpu.test -test.v -test.count=1 -test.timeout=90s
 grep -E "^(--- FAIL|FAIL|ok|PASS)|relative (L2 )?error .* >" "$OUT/tests.log" | head -40
 
-stage gpubench 50 gpubench.log env UNITER_CUDA_SYNC=0 bin/gpu.test -test.run '^$' -test.bench . -test.benchtime 1x -test.timeout=45s
+# NCCL is only in PyTorch's nvidia-nccl wheel on the GPU host: find its
+# libnccl.so.2 through python3. The stage requires it, so that a missing
+# library fails here instead of skipping the test.
+NCCL_LIB="${UNITER_NCCL_LIB:-$("$PY" -c '
+import glob, site, sys
+dirs = dict.fromkeys(site.getsitepackages() + [site.getusersitepackages()] + sys.path)
+libs = [p for d in dirs if d for p in sorted(glob.glob(d + "/nvidia/**/libnccl.so.2", recursive=True))]
+print(libs[0] if libs else "")' 2>/dev/null)}"
+echo "   libnccl.so.2: ${NCCL_LIB:-not found in the Python packages}"
+stage nccl 10 nccl.log env UNITER_NCCL_LIB="$NCCL_LIB" UNITER_NCCL_REQUIRE=1 \
+  bin/gpu.test -test.run NCCL -test.v -test.count=1 -test.timeout=8s
+grep -E "^(--- |FAIL|ok|PASS)|NCCL version|all-reduce" "$OUT/nccl.log" | head -10
+
+stage gpubench 45 gpubench.log env UNITER_CUDA_SYNC=0 bin/gpu.test -test.run '^$' -test.bench . -test.benchtime 1x -test.timeout=40s
 stage torch_kernels 50 torch_kernels.log "$PY" scripts/gpu_torch_bench.py kernels
 
 : >"$OUT/uniter_bench.jsonl"
@@ -97,6 +111,10 @@ stage torch_step 40 torch_step.log "$PY" scripts/gpu_torch_bench.py step --batch
 echo
 echo "== summary ($((SECONDS - t0))s)"
 "$PY" scripts/gpu_torch_bench.py table "$OUT" | tee "$OUT/table.txt"
+# The NCCL stage has no PyTorch counterpart: its outcome and per-call cost.
+echo "nccl: $(grep -E -o -- '--- (PASS|FAIL|SKIP): TestNCCL[A-Za-z]*' "$OUT/nccl.log" | head -1 || true)" \
+  "$(grep -E -o 'NCCL version code [0-9]+|1-rank all-reduce of 25 MB: .*' "$OUT/nccl.log" | tr '\n' ' ')" |
+  tee -a "$OUT/table.txt"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "FAILED stages: ${failed[*]}"
   exit 1

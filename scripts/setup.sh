@@ -4,7 +4,7 @@
 # CUDA 11.8 toolkit (non-free) for the CUDA build.
 set -euo pipefail
 
-want=(libopenblas-dev liblmdb-dev pkg-config)
+want=(libopenblas-dev liblmdb-dev pkg-config libgloo-dev g++)
 if [ "${1:-}" = "cuda" ]; then
   want+=(nvidia-cuda-toolkit)
 fi

@@ -29,6 +29,7 @@ type trainOpts struct {
 	fp16           bool
 	threads        int
 	quiet          bool
+	world          worldFlags
 }
 
 func newPretrainCmd() *cobra.Command {
@@ -80,6 +81,7 @@ func registerTrainFlags(cmd *cobra.Command, o *trainOpts, configHelp string) {
 	f.BoolVar(&o.fp16, "fp16", false, "mixed precision with dynamic loss scaling (emulated fp16 gradients on the CPU)")
 	f.IntVar(&o.threads, "threads", 0, "CPU threads (0: all cores)")
 	f.BoolVar(&o.quiet, "quiet", false, "no progress bar")
+	registerWorldFlags(cmd, &o.world)
 	_ = cmd.MarkFlagRequired("config")
 }
 
@@ -123,11 +125,18 @@ func runTraining(cmd *cobra.Command, o trainOpts) error {
 	for _, w := range cfg.Warnings {
 		fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", o.config, w)
 	}
-	be, err := openBackend(o.device, o.threads)
+	world, peers, err := joinWorld(cmd, o.world, o.device, o.threads)
 	if err != nil {
 		return err
 	}
-	opts := train.Options{Output: cfg.OutputDir, Resume: o.resume, Steps: o.steps, Backend: be, Log: cmd.ErrOrStderr()}
+	ok := false
+	defer func() { peers.close(ok) }()
+	opts := train.Options{Output: cfg.OutputDir, Resume: o.resume, Steps: o.steps, Log: cmd.ErrOrStderr(), World: world}
+	if world.NewBackend == nil {
+		if opts.Backend, err = openBackend(o.device, o.threads); err != nil {
+			return err
+		}
+	}
 	if !o.quiet {
 		opts.Progress = cmd.ErrOrStderr()
 		if f, ok := opts.Progress.(*os.File); !ok || !term.IsTerminal(int(f.Fd())) {
@@ -144,6 +153,7 @@ func runTraining(cmd *cobra.Command, o trainOpts) error {
 	if err := t.Run(ctx); err != nil {
 		return err
 	}
+	ok = true
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s: interrupted at step %d (checkpoint saved in %s/ckpt; continue with --resume)", cmd.Name(), t.Step(), cfg.OutputDir)
 	}
