@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"uniter/internal/compute"
@@ -221,7 +222,7 @@ func (t *Trainer) trainStep() (stepRow, error) {
 	}
 	total := int(sum[0])
 	wins := make([]window, len(t.reps))
-	var backwardEnd time.Time
+	ends := make([]time.Time, len(t.reps)) // when each replica's backward ended
 	err := onAll(t.reps, func(i int, r *replica) error {
 		r.m.Params.ZeroGrad()
 		r.m.SetTrain(true)
@@ -229,6 +230,7 @@ func (t *Trainer) trainStep() (stepRow, error) {
 		var err error
 		wins[i], err = runWindow(r.task, task, batches[first:first+k], units[first:first+k], total, r.upd.Scale(key),
 			func(j int) uint64 { return DropoutSeed(c.Seed, step, first+j) }, t.readyHook(i, r))
+		ends[i] = time.Now()
 		if t.gsync == nil {
 			return err
 		}
@@ -240,7 +242,7 @@ func (t *Trainer) trainStep() (stepRow, error) {
 		}
 		return err
 	})
-	backwardEnd = time.Now()
+	backwardEnd := slices.MaxFunc(ends, time.Time.Compare)
 	if err != nil {
 		return stepRow{}, fmt.Errorf("step %d: %s: %w", step, key, err)
 	}
