@@ -242,3 +242,52 @@ func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
 }
+
+// TestInterruptOneRank sends SIGTERM to rank 1 alone: both ranks stop
+// after the same step, rank 0 saves it, and both say how to continue.
+func TestInterruptOneRank(t *testing.T) {
+	needGloo(t)
+	cfg, _ := pretrainConfig(t, "save_steps: 1000")
+	out := t.TempDir()
+	procs := launchRanks(t, 2, nil, nil, "pretrain", "--config", cfg, "--quiet", "--output", out, "--set", "num_train_steps=100000",
+		"--set", "gradient_accumulation_steps=1", "--threads", "1")
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if b, _ := os.ReadFile(filepath.Join(out, "log", "metrics.jsonl")); bytes.Count(b, []byte("\n")) >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no metrics after 2 minutes\n%s", procs[0].out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = procs[1].cmd.Process.Signal(syscall.SIGTERM)
+	var steps []string
+	for r, p := range procs {
+		if err := p.cmd.Wait(); err == nil {
+			t.Fatalf("rank %d exited 0 after the interrupt\n%s", r, p.out.String())
+		}
+		line := lastLine(p.out.String())
+		i := strings.Index(line, "interrupted at step ")
+		if i < 0 {
+			t.Fatalf("rank %d: %q, want an interrupted-run error", r, line)
+		}
+		steps = append(steps, strings.Fields(line[i+len("interrupted at step "):])[0])
+	}
+	if steps[0] != steps[1] {
+		t.Fatalf("rank 0 stopped at step %s, rank 1 at %s", steps[0], steps[1])
+	}
+	latest, err := train.LatestCheckpoint(filepath.Join(out, "ckpt"))
+	if err != nil || filepath.Base(latest) != train.CheckpointName(atoi(t, steps[0])) {
+		t.Fatalf("checkpoint after the interrupt at step %s: %q %v", steps[0], latest, err)
+	}
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	var n int
+	if _, err := fmt.Sscan(s, &n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

@@ -154,7 +154,7 @@ func runTraining(cmd *cobra.Command, o trainOpts) error {
 		return err
 	}
 	ok = true
-	if ctx.Err() != nil {
+	if t.Interrupted() {
 		return fmt.Errorf("%s: interrupted at step %d (checkpoint saved in %s/ckpt; continue with --resume)", cmd.Name(), t.Step(), cfg.OutputDir)
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s: finished at step %d; logs in %s/log, checkpoints in %s/ckpt\n", cmd.Name(), t.Step(), cfg.OutputDir, cfg.OutputDir)

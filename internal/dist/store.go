@@ -28,6 +28,12 @@ import (
 //
 // Get carries its timeout (ns, i64) and Add its delta (i64) as the 8-byte val.
 // One request is outstanding per connection; the client waits for the answer.
+//
+// A welcomed connection joins the run with its first request, which Dial
+// sends (a Dead) before it returns. Until then its client may have given up
+// waiting for the welcome and be retrying on a new connection, so hanging
+// up does not count as the rank dying, and a second hello for the rank
+// waits to see whether the first joins or goes.
 
 const (
 	storeMagic   = "UNKV"
@@ -144,6 +150,10 @@ type StoreOptions struct {
 	BodyTimeout time.Duration
 	// Log, when set, receives one line per refused connection or dead rank.
 	Log io.Writer
+
+	// beforeWelcome, when set (tests only), runs between admitting a hello
+	// and writing the welcome, to play a store too loaded to answer.
+	beforeWelcome func(rank int)
 }
 
 // Server is the rendezvous store rank 0 serves; every rank, rank 0 included,
@@ -156,8 +166,8 @@ type Server struct {
 	mu      sync.Mutex
 	data    map[string][]byte
 	used    int64
-	changed chan struct{} // closed and replaced whenever waiters should look again
-	live    map[int]bool
+	changed chan struct{}   // closed and replaced whenever waiters should look again
+	live    map[int]*member // the connection holding each rank
 	isDead  map[int]bool
 	dead    []int // in the order the ranks died: the first is the likely cause
 	conns   map[net.Conn]struct{}
@@ -198,7 +208,7 @@ func newServer(o StoreOptions) (*Server, error) {
 		tokenSum: sha256.Sum256([]byte(o.Token)),
 		data:     map[string][]byte{},
 		changed:  make(chan struct{}),
-		live:     map[int]bool{},
+		live:     map[int]*member{},
 		isDead:   map[int]bool{},
 		conns:    map[net.Conn]struct{}{},
 		done:     make(chan struct{}),
@@ -322,6 +332,13 @@ func (s *Server) logf(format string, args ...any) {
 	}
 }
 
+// member is one connection admitted for a rank.
+type member struct {
+	joined bool          // it sent a request: its client is past Dial
+	left   bool          // its connection ended
+	settle chan struct{} // closed once it joined or left
+}
+
 type hello struct {
 	version uint16
 	rank    uint32
@@ -373,52 +390,102 @@ func writeWelcome(c net.Conn, status byte, msg string) error {
 	return err
 }
 
-// admit decides on a hello and, when it admits, marks the rank live.
-func (s *Server) admit(h hello) string {
+// admit decides on a hello and, when it admits, makes the connection the
+// rank's member. While the rank is held by a connection that has not
+// joined yet (most likely an attempt its own client gave up on), it waits
+// up to HelloTimeout for that one to join (then the rank is taken) or to
+// go (then this one takes its place).
+func (s *Server) admit(h hello) (*member, string) {
 	if h.version != storeVersion {
-		return fmt.Sprintf("protocol version %d, this store speaks %d", h.version, storeVersion)
+		return nil, fmt.Sprintf("protocol version %d, this store speaks %d", h.version, storeVersion)
 	}
 	if s.o.Token != "" {
 		sum := sha256.Sum256(h.token)
 		if subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) != 1 {
-			return "wrong token"
+			return nil, "wrong token"
 		}
 	}
 	if h.world != 0 && int64(h.world) != int64(s.o.World) {
-		return fmt.Sprintf("world size %d, but this store serves %d ranks", h.world, s.o.World)
+		return nil, fmt.Sprintf("world size %d, but this store serves %d ranks", h.world, s.o.World)
 	}
 	if int64(h.rank) >= int64(s.o.World) {
-		return fmt.Sprintf("rank %d is outside [0, %d)", h.rank, s.o.World)
+		return nil, fmt.Sprintf("rank %d is outside [0, %d)", h.rank, s.o.World)
 	}
 	rank := int(h.rank)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch {
-	case s.closed:
-		return "store is closing"
-	case s.live[rank]:
-		return fmt.Sprintf("rank %d is connected already", rank)
-	case s.isDead[rank]:
-		return fmt.Sprintf("rank %d was recorded dead; the run cannot continue", rank)
+	taken := fmt.Sprintf("rank %d is connected already", rank)
+	var expired <-chan time.Time
+	for {
+		s.mu.Lock()
+		m := s.live[rank]
+		switch {
+		case s.closed:
+			s.mu.Unlock()
+			return nil, "store is closing"
+		case m != nil && m.joined:
+			s.mu.Unlock()
+			return nil, taken
+		case s.isDead[rank]:
+			s.mu.Unlock()
+			return nil, fmt.Sprintf("rank %d was recorded dead; the run cannot continue", rank)
+		case m == nil:
+			m = &member{settle: make(chan struct{})}
+			s.live[rank] = m
+			s.mu.Unlock()
+			return m, ""
+		}
+		settle := m.settle
+		s.mu.Unlock()
+		if expired == nil {
+			t := time.NewTimer(s.o.HelloTimeout)
+			defer t.Stop()
+			expired = t.C
+		}
+		select {
+		case <-settle:
+		case <-expired:
+			return nil, taken
+		case <-s.done:
+			return nil, "store is closing"
+		}
 	}
-	s.live[rank] = true
-	return ""
 }
 
-// leave ends a rank's connection; without a goodbye the rank is dead, and
-// every waiter is woken to say so.
-func (s *Server) leave(rank int, clean bool) {
+// join records that m's client is past Dial: from now on, hanging up
+// without a goodbye is the rank dying.
+func (s *Server) join(m *member) {
 	s.mu.Lock()
-	delete(s.live, rank)
-	died := !clean && !s.closed && !s.isDead[rank]
+	defer s.mu.Unlock()
+	if !m.joined && !m.left {
+		m.joined = true
+		close(m.settle)
+	}
+}
+
+// leave ends a rank's connection; without a goodbye a member that had
+// joined is dead, and every waiter is woken to say so. One that had not
+// joined only frees the rank.
+func (s *Server) leave(rank int, m *member, clean bool) {
+	s.mu.Lock()
+	if s.live[rank] == m {
+		delete(s.live, rank)
+	}
+	unjoined := !m.joined && !m.left
+	if unjoined {
+		close(m.settle)
+	}
+	m.left = true
+	died := m.joined && !clean && !s.closed && !s.isDead[rank]
 	if died {
 		s.isDead[rank] = true
 		s.dead = append(s.dead, rank)
 		s.broadcast()
 	}
+	closed := s.closed
 	s.mu.Unlock()
 	if died {
 		s.logf("rank %d disconnected without closing", rank)
+	} else if unjoined && !clean && !closed {
+		s.logf("rank %d hung up before its first request (a dial given up on?); not counted as dead", rank)
 	}
 }
 
@@ -520,15 +587,19 @@ func (s *Server) serveConn(c net.Conn) {
 		s.logf("dropped %s: %v", c.RemoteAddr(), err)
 		return
 	}
-	if reason := s.admit(h); reason != "" {
+	m, reason := s.admit(h)
+	if reason != "" {
 		s.logf("refused %s claiming rank %d: %s", c.RemoteAddr(), h.rank, reason)
 		writeWelcome(c, helloRefused, reason)
 		return
 	}
 	rank := int(h.rank)
+	if s.o.beforeWelcome != nil {
+		s.o.beforeWelcome(rank)
+	}
 	if err := writeWelcome(c, helloOK, ""); err != nil {
 		// The peer never learnt it was admitted, so it is not a member yet.
-		s.leave(rank, true)
+		s.leave(rank, m, true)
 		return
 	}
 	c.SetDeadline(time.Time{})
@@ -542,7 +613,7 @@ func (s *Server) serveConn(c net.Conn) {
 		defer s.wg.Done()
 		defer close(gone)
 		clean := false
-		defer func() { s.leave(rank, clean) }()
+		defer func() { s.leave(rank, m, clean) }()
 		lim := limits{maxValue: s.o.MaxValue, bodyTimeout: s.o.BodyTimeout}
 		for {
 			req, err := readRequest(br, c.SetReadDeadline, lim)
@@ -557,6 +628,7 @@ func (s *Server) serveConn(c net.Conn) {
 				}
 				return
 			}
+			s.join(m)
 			if req.op == opBye {
 				clean = true
 			}
@@ -733,6 +805,10 @@ type DialOptions struct {
 	World int
 	// MaxValue bounds values sent and received (default DefaultMaxValue).
 	MaxValue int
+
+	// helloWait, when set (tests only), replaces defaultHelloTimeout as how
+	// long one attempt waits for the welcome.
+	helloWait time.Duration
 }
 
 // Client is one rank's connection to the store. It is safe for concurrent
@@ -782,7 +858,8 @@ func Dial(addr string, rank int, o DialOptions) (*Client, error) {
 			return c, nil
 		}
 		var ref *refusedError
-		if errors.As(err, &ref) {
+		var jerr *joinError
+		if errors.As(err, &ref) || errors.As(err, &jerr) {
 			return nil, err
 		}
 		if timeout < 0 || time.Now().Add(backoff).After(deadline) {
@@ -793,10 +870,32 @@ func Dial(addr string, rank int, o DialOptions) (*Client, error) {
 	}
 }
 
+// joinError is a failure after the join request went out: the store may
+// count this connection as the rank already, so a retry cannot help.
+type joinError struct {
+	addr string
+	rank int
+	err  error
+}
+
+func (e *joinError) Error() string {
+	return fmt.Sprintf("rendezvous store %s (rank 0): rank %d joining: %v", e.addr, e.rank, e.err)
+}
+
+func (e *joinError) Unwrap() error { return e.err }
+
+// dialOnce makes one attempt. Giving up on the welcome is harmless, since
+// the store does not count a connection as the rank until its first
+// request; that request (a Dead) is sent here, so a rank whose Dial
+// returned is a member, and one that then drops is dead.
 func dialOnce(addr string, rank int, o DialOptions, deadline time.Time) (*Client, error) {
-	per := min(time.Until(deadline), defaultHelloTimeout)
+	wait := defaultHelloTimeout
+	if o.helloWait > 0 {
+		wait = o.helloWait
+	}
+	per := min(time.Until(deadline), wait)
 	if per <= 0 {
-		per = defaultHelloTimeout
+		per = wait
 	}
 	d := net.Dialer{Timeout: per, KeepAliveConfig: keepAlive}
 	conn, err := d.Dial("tcp", addr)
@@ -824,12 +923,21 @@ func dialOnce(addr string, rank int, o DialOptions, deadline time.Time) (*Client
 		conn.Close()
 		return nil, &refusedError{addr: addr, rank: rank, reason: string(msg)}
 	}
-	conn.SetDeadline(time.Time{})
 	mv := o.MaxValue
 	if mv <= 0 {
 		mv = DefaultMaxValue
 	}
-	return &Client{addr: addr, rank: rank, maxValue: mv, conn: conn, br: br}, nil
+	c := &Client{addr: addr, rank: rank, maxValue: mv, conn: conn, br: br}
+	st, body, err := c.exchange(opDead, "", nil, time.Now().Add(clientSlack))
+	if err == nil && st != stOK {
+		err = c.statusErr(st, body)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, &joinError{addr: addr, rank: rank, err: err}
+	}
+	conn.SetDeadline(time.Time{})
+	return c, nil
 }
 
 // Addr is the store's address, for messages that should say which master.

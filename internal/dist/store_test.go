@@ -609,3 +609,147 @@ func TestBarrierNamesMissingAndDeadRanks(t *testing.T) {
 		t.Fatal("barrier hangs after a rank died")
 	}
 }
+
+// TestStoreAbandonedDialIsNotDeath plays a store too loaded to welcome in
+// time: each rank's first attempts are welcomed only after the client gave
+// up on them and retried. No rank may be refused or recorded dead for the
+// connections it abandoned, and ranks that leave cleanly while others wait
+// must not be either.
+func TestStoreAbandonedDialIsNotDeath(t *testing.T) {
+	const world = 6
+	const helloWait = 150 * time.Millisecond
+	for round := range 3 {
+		log := &syncBuf{}
+		var mu sync.Mutex
+		attempts := map[int]int{}
+		s := startStore(t, StoreOptions{World: world, Log: log, beforeWelcome: func(rank int) {
+			mu.Lock()
+			attempts[rank]++
+			n := attempts[rank]
+			mu.Unlock()
+			// Rank r's first 1+(r+round)%3 attempts are answered late.
+			if n <= 1+(rank+round)%3 {
+				time.Sleep(helloWait + 150*time.Millisecond)
+			}
+		}})
+		clients := make([]*Client, world)
+		var wg sync.WaitGroup
+		for r := range world {
+			wg.Go(func() {
+				c, err := Dial(s.Addr(), r, DialOptions{World: world, Timeout: 20 * time.Second, helloWait: helloWait})
+				if err != nil {
+					t.Errorf("round %d: dial rank %d: %v", round, r, err)
+					return
+				}
+				clients[r] = c
+			})
+		}
+		wg.Wait()
+		if t.Failed() {
+			t.Fatalf("log:\n%s", log)
+		}
+		for r := range world {
+			wg.Go(func() {
+				if err := Rendezvous(clients[r], r, world, 10*time.Second); err != nil {
+					t.Errorf("round %d: rank %d: %v", round, r, err)
+				}
+			})
+		}
+		wg.Wait()
+		// The upper half leaves cleanly while the lower half waits.
+		got := make(chan error, world)
+		for r := range world / 2 {
+			wg.Go(func() {
+				_, err := clients[r].Get("late", 10*time.Second)
+				got <- err
+			})
+		}
+		time.Sleep(20 * time.Millisecond)
+		var closers sync.WaitGroup
+		for r := world / 2; r < world; r++ {
+			closers.Go(func() {
+				if err := clients[r].Close(); err != nil {
+					t.Errorf("round %d: close rank %d: %v", round, r, err)
+				}
+			})
+		}
+		closers.Wait()
+		if err := clients[world/2].Set("late", []byte("x")); err == nil {
+			t.Errorf("round %d: Set on a closed client", round)
+		}
+		back, err := Dial(s.Addr(), world-1, DialOptions{World: world, Timeout: 5 * time.Second})
+		if err != nil {
+			t.Fatalf("round %d: rank %d back after a clean leave: %v\nlog:\n%s", round, world-1, err, log)
+		}
+		if err := back.Set("late", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		close(got)
+		for err := range got {
+			if err != nil {
+				t.Errorf("round %d: Get: %v", round, err)
+			}
+		}
+		if dead, err := clients[0].Dead(); err != nil || len(dead) != 0 {
+			t.Errorf("round %d: Dead = %v, %v\nlog:\n%s", round, dead, err, log)
+		}
+		if strings.Contains(log.String(), "without closing") {
+			t.Errorf("round %d: log:\n%s", round, log)
+		}
+		for _, c := range append(slices.Clone(clients[:world/2]), back) {
+			if err := c.Close(); err != nil {
+				t.Error(err)
+			}
+		}
+		s.Close()
+	}
+}
+
+// TestStoreUnjoinedConnection: a connection that was welcomed but sent no
+// request has not joined (its client may have given up on the welcome).
+// It keeps its rank from a second connection only while it may still
+// join, and its hanging up does not make the rank dead.
+func TestStoreUnjoinedConnection(t *testing.T) {
+	log := &syncBuf{}
+	s := startStore(t, StoreOptions{World: 2, Log: log, HelloTimeout: 300 * time.Millisecond})
+	c0 := dialStore(t, s, 0, DialOptions{})
+	held, _ := rawHello(t, s.Addr(), 1, 2, "")
+	start := time.Now()
+	if _, err := Dial(s.Addr(), 1, DialOptions{Timeout: 5 * time.Second}); err == nil || !strings.Contains(err.Error(), "rank 1 is connected already") {
+		t.Fatalf("second rank 1 while the first may still join: %v", err)
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("refusal took %s", el)
+	}
+
+	// A second hello waiting for the slot gets it once the first hangs up.
+	done := make(chan error, 1)
+	go func() {
+		c, err := Dial(s.Addr(), 1, DialOptions{Timeout: 5 * time.Second})
+		if err == nil {
+			err = c.Set("one", nil)
+			c.Close()
+		}
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	held.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("rank 1 after the unjoined connection hung up: %v\nlog:\n%s", err, log)
+	}
+	if v, err := c0.Get("one", time.Second); err != nil || len(v) != 0 {
+		t.Fatalf("Get = %q, %v", v, err)
+	}
+	if dead, err := c0.Dead(); err != nil || len(dead) != 0 {
+		t.Fatalf("Dead = %v, %v\nlog:\n%s", dead, err, log)
+	}
+
+	// A rank whose Dial returned is a member even before its first call.
+	c1 := dialStore(t, s, 1, DialOptions{})
+	kill(c1)
+	var dre *DeadRankError
+	if _, err := c0.Get("never", 5*time.Second); !errors.As(err, &dre) || dre.Rank != 1 {
+		t.Fatalf("Get after rank 1 died: %v", err)
+	}
+}

@@ -91,14 +91,15 @@ type Trainer struct {
 	splits []evalSplit // fine-tuning validation
 	best   Best
 
-	step      int
-	positions map[string]data.Position
-	elapsed0  float64 // elapsed_s before this process
-	start     time.Time
-	tokens    int // real tokens trained on by this process
-	metrics   *metricsLog
-	lastSave  int
-	lastValid int
+	step        int
+	positions   map[string]data.Position
+	elapsed0    float64 // elapsed_s before this process
+	start       time.Time
+	tokens      int // real tokens trained on by this process
+	metrics     *metricsLog
+	lastSave    int
+	lastValid   int
+	interrupted bool
 }
 
 // valSet is one validation dataset with its tasks.
@@ -427,6 +428,10 @@ func (t *Trainer) Close() {
 // Step is the last optimizer step taken.
 func (t *Trainer) Step() int { return t.step }
 
+// Interrupted reports whether Run stopped early on a cancelled context,
+// this process's or, in a multi-process run, another's.
+func (t *Trainer) Interrupted() bool { return t.interrupted }
+
 // stopStep is where Run stops.
 func (t *Trainer) stopStep() int {
 	if t.opts.Steps > 0 {
@@ -467,6 +472,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 		if halt {
 			// A scheduler's SIGTERM leaves seconds, not a validation pass:
 			// the checkpoint comes first and alone.
+			t.interrupted = true
 			fmt.Fprintf(t.opts.Log, "\n%s: interrupted after step %d, saving a checkpoint\n", name, t.step)
 			if t.lastSave != t.step {
 				return t.save()
