@@ -9,6 +9,7 @@ import (
 	"uniter/internal/compute"
 	"uniter/internal/dist"
 	"uniter/internal/gpu"
+	"uniter/internal/train"
 )
 
 // The cuda build wires the GPU backend into --device. Linking
@@ -28,7 +29,7 @@ const ncclIDKey = "uniter/nccl_id"
 // newNCCLFactory makes the id of the run's NCCL communicators (process 0,
 // shared through kv with the others) and returns what creates each
 // replica's communicator.
-func newNCCLFactory(kv dist.KV, procRank int) (func(i int, be compute.Backend, rank, world int) (compute.Collective, error), error) {
+func newNCCLFactory(kv dist.KV, procRank int) (train.CollectiveFunc, error) {
 	if err := gpu.NCCLAvailable(); err != nil {
 		return nil, fmt.Errorf("more than one CUDA replica: %w", err)
 	}

@@ -109,7 +109,7 @@ func joinWorld(cmd *cobra.Command, wf worldFlags, device string, threads int) (t
 	if err != nil {
 		return w, nil, err
 	}
-	w.KV, w.Host = j.kv, hostComm{j}
+	w.Host = hostComm{j}
 	if device == "cuda" {
 		if w.NewCollective, err = cudaCollective(j.kv, launch.Rank); err != nil {
 			j.close(false)
@@ -242,7 +242,7 @@ var cudaBackendOn func(ordinal int) (compute.Backend, error)
 // cudaCollective returns the NCCL communicator factory of the CUDA
 // replicas (the cuda build sets ncclFactory); kv shares rank 0's NCCL id
 // between processes (nil in one process).
-func cudaCollective(kv dist.KV, procRank int) (func(i int, be compute.Backend, rank, world int) (compute.Collective, error), error) {
+func cudaCollective(kv dist.KV, procRank int) (train.CollectiveFunc, error) {
 	if ncclFactory == nil {
 		return nil, errors.New("data parallel on CUDA needs NCCL, which this binary was built without")
 	}
@@ -250,4 +250,4 @@ func cudaCollective(kv dist.KV, procRank int) (func(i int, be compute.Backend, r
 }
 
 // ncclFactory is set by the cuda build.
-var ncclFactory func(kv dist.KV, procRank int) (func(i int, be compute.Backend, rank, world int) (compute.Collective, error), error)
+var ncclFactory func(kv dist.KV, procRank int) (train.CollectiveFunc, error)

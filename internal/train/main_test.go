@@ -53,14 +53,18 @@ func microModel() model.Config {
 	return c
 }
 
+// microOverrides are the config keys that make the tiny preset microModel.
+func microOverrides() ModelOverrides {
+	m := microModel()
+	return ModelOverrides{VocabSize: m.VocabSize, HiddenSize: m.HiddenSize, NumHiddenLayers: m.NumHiddenLayers,
+		NumAttentionHeads: m.NumAttentionHeads, IntermediateSize: m.IntermediateSize, ImgDim: m.ImgDim}
+}
+
 // testConfig is a pretraining config over the test world with every task.
 func testConfig(t *testing.T) *Config {
 	dir := testWorld(t)
 	c := DefaultConfig()
-	c.ModelConfig = "tiny"
-	m := microModel()
-	c.Model = ModelOverrides{VocabSize: m.VocabSize, HiddenSize: m.HiddenSize, NumHiddenLayers: m.NumHiddenLayers,
-		NumAttentionHeads: m.NumAttentionHeads, IntermediateSize: m.IntermediateSize, ImgDim: m.ImgDim}
+	c.ModelConfig, c.Model = "tiny", microOverrides()
 	c.TrainDatasets = []DatasetConfig{{Name: "synth", TxtDB: []string{dir + "/txt/pretrain_train.db"},
 		ImgDB: []string{dir + "/img/synth_train"}, Tasks: TaskNames, MixRatio: []int{2, 2, 1, 1, 1}}}
 	c.ValDatasets = []DatasetConfig{{Name: "synth", TxtDB: []string{dir + "/txt/pretrain_val.db"},

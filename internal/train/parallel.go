@@ -10,7 +10,6 @@ import (
 
 	"uniter/internal/compute"
 	"uniter/internal/data"
-	"uniter/internal/dist"
 	"uniter/internal/tasks"
 )
 
@@ -26,16 +25,17 @@ type World struct {
 	NewBackend func(i int) (compute.Backend, error)
 	// Rank is this process among Procs (0 means 1) processes.
 	Rank, Procs int
-	// KV is the rendezvous store of a multi-process run.
-	KV dist.KV
 	// Host is the collective between the processes on host memory; a
 	// multi-process run needs it.
 	Host HostComm
-	// NewCollective, when set, returns the device collective of local
-	// replica i as global replica rank of world (CUDA: NCCL); gradients
-	// then go through it instead of host memory.
-	NewCollective func(i int, be compute.Backend, rank, world int) (compute.Collective, error)
+	// NewCollective, when set, makes the replicas' device collectives
+	// (CUDA: NCCL); gradients then go through them instead of host memory.
+	NewCollective CollectiveFunc
 }
+
+// CollectiveFunc returns the device collective of local replica i, on
+// backend be, as global replica rank of world.
+type CollectiveFunc func(i int, be compute.Backend, rank, world int) (compute.Collective, error)
 
 func (w World) normal() World {
 	w.Replicas = max(w.Replicas, 1)

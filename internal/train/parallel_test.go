@@ -2,6 +2,7 @@ package train
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -92,27 +93,30 @@ func sameRun(t *testing.T, name string, wantRecs, gotRecs []Record, want, got ma
 	}
 }
 
+// shortRun is a 6-step pretraining config with accumulation k, adjusted by
+// set.
+func shortRun(t *testing.T, k int, set func(*Config)) *Config {
+	c := testConfig(t)
+	c.NumTrainSteps, c.WarmupSteps, c.TrainBatchSize, c.GradientAccumulationSteps = 6, 2, 256, k
+	set(c)
+	return c
+}
+
 func TestReplicasEqualAccumulation(t *testing.T) {
 	if testing.Short() {
 		t.Skip("trains three runs")
 	}
-	base := func(k int) *Config {
-		c := testConfig(t)
-		c.NumTrainSteps, c.WarmupSteps, c.ValidSteps = 6, 2, 3
-		c.TrainBatchSize = 256
-		c.GradientAccumulationSteps = k
-		return c
-	}
+	base := func(k int) *Config { return shortRun(t, k, func(c *Config) { c.ValidSteps = 3 }) }
 	dir := t.TempDir()
 	wantRecs, want := runWorld(t, base(6), filepath.Join(dir, "r1"), 1, false, 0)
 	for _, r := range []int{2, 3} {
-		recs, got := runWorld(t, base(6/r), filepath.Join(dir, "r"+string(rune('0'+r))), r, false, 0)
+		recs, got := runWorld(t, base(6/r), filepath.Join(dir, fmt.Sprint("r", r)), r, false, 0)
 		for _, rec := range recs {
 			if ws, ok := rec.Float("world_size"); ok && int(ws) != r {
 				t.Fatalf("%d replicas: world_size %v", r, ws)
 			}
 		}
-		sameRun(t, string(rune('0'+r))+" replicas", wantRecs, recs, want, got)
+		sameRun(t, fmt.Sprint(r, " replicas"), wantRecs, recs, want, got)
 	}
 }
 
@@ -123,13 +127,7 @@ func TestResumeOnOtherReplicas(t *testing.T) {
 	if testing.Short() {
 		t.Skip("trains several runs")
 	}
-	base := func(k int) *Config {
-		c := testConfig(t)
-		c.NumTrainSteps, c.WarmupSteps, c.SaveSteps = 6, 2, 3
-		c.TrainBatchSize = 256
-		c.GradientAccumulationSteps = k
-		return c
-	}
+	base := func(k int) *Config { return shortRun(t, k, func(c *Config) { c.SaveSteps = 3 }) }
 	dir := t.TempDir()
 	wantRecs, want := runWorld(t, base(2), filepath.Join(dir, "whole"), 1, false, 0)
 	for _, c := range []struct {
@@ -167,10 +165,7 @@ func ftConfig(t *testing.T) *Config {
 		t.Fatal(ftErr)
 	}
 	c := DefaultConfigFor("vqa")
-	c.ModelConfig = "tiny"
-	m := microModel()
-	c.Model = ModelOverrides{VocabSize: m.VocabSize, HiddenSize: m.HiddenSize, NumHiddenLayers: m.NumHiddenLayers,
-		NumAttentionHeads: m.NumAttentionHeads, IntermediateSize: m.IntermediateSize, ImgDim: m.ImgDim}
+	c.ModelConfig, c.Model = "tiny", microOverrides()
 	c.Ans2Label = ftDir + "/txt/vqa_train.db/ans2label.json"
 	c.TrainTxtDBs, c.TrainImgDBs = []string{ftDir + "/txt/vqa_train.db"}, []string{ftDir + "/img/synth_train"}
 	c.ValTxtDB, c.ValImgDB = ftDir+"/txt/vqa_val.db", ftDir+"/img/synth_val"
