@@ -463,13 +463,17 @@ func (s *Server) join(m *member) {
 
 // leave ends a rank's connection; without a goodbye a member that had
 // joined is dead, and every waiter is woken to say so. One that had not
-// joined only frees the rank.
+// joined only frees the rank. Only the first call for m counts.
 func (s *Server) leave(rank int, m *member, clean bool) {
 	s.mu.Lock()
+	if m.left {
+		s.mu.Unlock()
+		return
+	}
 	if s.live[rank] == m {
 		delete(s.live, rank)
 	}
-	unjoined := !m.joined && !m.left
+	unjoined := !m.joined
 	if unjoined {
 		close(m.settle)
 	}
@@ -485,7 +489,7 @@ func (s *Server) leave(rank int, m *member, clean bool) {
 	if died {
 		s.logf("rank %d disconnected without closing", rank)
 	} else if unjoined && !clean && !closed {
-		s.logf("rank %d hung up before its first request (a dial given up on?); not counted as dead", rank)
+		s.logf("rank %d: a connection that never completed a request ended; not counted as dead (likely a dial its client gave up on)", rank)
 	}
 }
 
@@ -630,7 +634,10 @@ func (s *Server) serveConn(c net.Conn) {
 			}
 			s.join(m)
 			if req.op == opBye {
+				// Free the rank before the goodbye is answered, so the
+				// client may dial again as soon as Close returns.
 				clean = true
+				s.leave(rank, m, true)
 			}
 			select {
 			case reqs <- req:
@@ -838,7 +845,8 @@ func (e *refusedError) Error() string {
 }
 
 // Dial connects rank to the store at addr, retrying while nobody listens
-// yet. A refusal (wrong token, rank taken) is final: retrying cannot fix it.
+// yet. A refusal (wrong token, rank taken) is final: retrying cannot fix it;
+// so is a failure once the join request went out (see dialOnce).
 func Dial(addr string, rank int, o DialOptions) (*Client, error) {
 	if rank < 0 || (o.World > 0 && rank >= o.World) {
 		return nil, fmt.Errorf("rendezvous store: rank %d is outside [0, %d)", rank, o.World)
