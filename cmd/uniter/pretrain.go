@@ -5,11 +5,16 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"uniter/internal/train"
@@ -29,6 +34,7 @@ type trainOpts struct {
 	fp16           bool
 	threads        int
 	quiet          bool
+	overwrite      bool
 	world          worldFlags
 }
 
@@ -81,6 +87,7 @@ func registerTrainFlags(cmd *cobra.Command, o *trainOpts, configHelp string) {
 	f.BoolVar(&o.fp16, "fp16", false, "mixed precision with dynamic loss scaling (emulated fp16 gradients on the CPU)")
 	f.IntVar(&o.threads, "threads", 0, "CPU threads (0: all cores)")
 	f.BoolVar(&o.quiet, "quiet", false, "no progress bar")
+	f.BoolVar(&o.overwrite, "overwrite", false, "start over in an --output that holds an earlier run's logs but no checkpoint")
 	registerWorldFlags(cmd, &o.world)
 	_ = cmd.MarkFlagRequired("config")
 }
@@ -113,7 +120,8 @@ func loadTrainConfig(o trainOpts) (*train.Config, error) {
 }
 
 // runTraining runs pretrain or finetune. SIGINT and SIGTERM (a scheduler's
-// or docker stop's) end the run after the current step with a checkpoint.
+// or docker stop's) end the run after the current step with a checkpoint;
+// a second one abandons a validation under way.
 func runTraining(cmd *cobra.Command, o trainOpts) error {
 	if o.steps < 0 {
 		return fmt.Errorf("--steps %d: must be positive", o.steps)
@@ -131,7 +139,7 @@ func runTraining(cmd *cobra.Command, o trainOpts) error {
 	}
 	ok := false
 	defer func() { peers.close(ok) }()
-	opts := train.Options{Output: cfg.OutputDir, Resume: o.resume, Steps: o.steps, Log: cmd.ErrOrStderr(), World: world}
+	opts := train.Options{Output: cfg.OutputDir, Resume: o.resume, Steps: o.steps, Overwrite: o.overwrite, Log: cmd.ErrOrStderr(), World: world}
 	if world.NewBackend == nil {
 		if opts.Backend, err = openBackend(o.device, o.threads); err != nil {
 			return err
@@ -148,15 +156,77 @@ func runTraining(cmd *cobra.Command, o trainOpts) error {
 		return err
 	}
 	defer t.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := catchInterrupts(cmd, t, cancel)
+	defer sigs.stop()
 	if err := t.Run(ctx); err != nil {
 		return err
 	}
 	ok = true
 	if t.Interrupted() {
-		return fmt.Errorf("%s: interrupted at step %d (checkpoint saved in %s/ckpt; continue with --resume)", cmd.Name(), t.Step(), cfg.OutputDir)
+		return interrupted(cmd, t.Step(), cfg.OutputDir, sigs.signal())
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s: finished at step %d; logs in %s/log, checkpoints in %s/ckpt\n", cmd.Name(), t.Step(), cfg.OutputDir, cfg.OutputDir)
 	return nil
+}
+
+// interrupts cancels a run at its first SIGINT or SIGTERM and makes it
+// hurry at the second.
+type interrupts struct {
+	sigs  chan os.Signal
+	done  chan struct{}
+	first atomic.Value
+}
+
+func catchInterrupts(cmd *cobra.Command, t *train.Trainer, cancel context.CancelFunc) *interrupts {
+	in := &interrupts{sigs: make(chan os.Signal, 2), done: make(chan struct{})}
+	signal.Notify(in.sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		for n := 0; ; n++ {
+			var s os.Signal
+			select {
+			case s = <-in.sigs:
+			case <-in.done:
+				return
+			}
+			if n == 0 {
+				in.first.Store(s)
+				fmt.Fprintf(cmd.ErrOrStderr(), "\n%s: %v: stopping after this step with a checkpoint (again to skip any validation)\n", cmd.Name(), s)
+				cancel()
+			} else {
+				fmt.Fprintf(cmd.ErrOrStderr(), "\n%s: %v again: saving the checkpoint and leaving\n", cmd.Name(), s)
+				t.Hurry()
+			}
+		}
+	}()
+	return in
+}
+
+// signal is the first signal caught (nil: none, e.g. another rank of the
+// run was stopped).
+func (in *interrupts) signal() os.Signal {
+	s, _ := in.first.Load().(os.Signal)
+	return s
+}
+
+// stop hands the signals back to their default handling.
+func (in *interrupts) stop() {
+	signal.Stop(in.sigs)
+	close(in.done)
+}
+
+// interrupted is the error of a run stopped by a signal: it says where the
+// checkpoint is and the command that continues the run, and exits 128+n.
+func interrupted(cmd *cobra.Command, step int, output string, sig os.Signal) error {
+	again := append([]string{"uniter"}, os.Args[1:]...)
+	if !slices.Contains(again, "--resume") {
+		again = append(again, "--resume")
+	}
+	why, code := "because another rank of the run was stopped", 1
+	if s, ok := sig.(syscall.Signal); ok {
+		why, code = "by "+unix.SignalName(s), 128+int(s)
+	}
+	return exitCode{code: code, err: fmt.Errorf("%s: interrupted at step %d %s; checkpoint saved in %s; continue with: %s",
+		cmd.Name(), step, why, filepath.Join(output, train.CkptDir), strings.Join(again, " "))}
 }

@@ -463,7 +463,7 @@ func (t *Trainer) shardedEval(ds Dataset) (*tasks.Eval, error) {
 	parts := make([]*tasks.Eval, len(t.reps))
 	if err := onAll(t.reps, func(i int, r *replica) error {
 		var err error
-		parts[i], err = EvaluateDownstream(t.ctx, r.down, ds, t.shardOptions(i))
+		parts[i], err = EvaluateDownstream(t.valCtx, r.down, ds, t.shardOptions(i))
 		return err
 	}); err != nil {
 		return nil, err

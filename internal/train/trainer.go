@@ -13,7 +13,6 @@ import (
 	"hash/fnv"
 	"io"
 	"maps"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -22,7 +21,6 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 
-	"uniter/internal/atomicfile"
 	"uniter/internal/ckpt"
 	"uniter/internal/compute"
 	"uniter/internal/data"
@@ -39,8 +37,12 @@ type Options struct {
 	Resume bool
 	// Steps is the optimizer step to stop after; 0 means num_train_steps.
 	// The learning-rate schedule always follows num_train_steps, so a run
-	// cut short and resumed matches an uninterrupted one.
+	// cut short and resumed matches an uninterrupted one; a Steps past it
+	// is refused (the schedule has ended there).
 	Steps int
+	// Overwrite lets a fresh run replace the logs of an earlier run in
+	// Output that left no checkpoint.
+	Overwrite bool
 	// Backend runs the model.
 	Backend compute.Backend
 	// Progress receives the progress bar; nil draws none.
@@ -86,6 +88,9 @@ type Trainer struct {
 	train  map[string]Dataset // key -> dataset
 	ctx    context.Context
 	cancel context.CancelFunc
+	// valCtx is validation's, which Hurry cancels.
+	valCtx context.Context
+	hurry  context.CancelFunc
 	loader map[string]*data.Loader[*data.Batch]
 	val    []valSet    // pretraining validation
 	splits []evalSplit // fine-tuning validation
@@ -126,6 +131,10 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
+	if o.Steps > cfg.NumTrainSteps {
+		return nil, fmt.Errorf("%s: --steps %d is past num_train_steps %d, where the learning-rate schedule ends; to train longer, start a new schedule from the last checkpoint: --set checkpoint=%s --set num_train_steps=%d --output NEW_DIR",
+			name, o.Steps, cfg.NumTrainSteps, filepath.Join(o.Output, CkptDir, CheckpointName(cfg.NumTrainSteps)), o.Steps)
+	}
 	mc, err := cfg.ResolveModel()
 	if err != nil {
 		return nil, err
@@ -133,6 +142,7 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 	t := &Trainer{cfg: cfg, opts: o, be: o.Backend, mc: mc, taskOf: map[string]string{}, world: o.World.normal(),
 		train: map[string]Dataset{}, loader: map[string]*data.Loader[*data.Batch]{}, positions: map[string]data.Position{}}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
+	t.valCtx, t.hurry = context.WithCancel(t.ctx)
 	ok := false
 	defer func() {
 		if !ok {
@@ -169,25 +179,12 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 	}
 	t.startLoaders()
 	t.lastSave, t.lastValid = t.step, t.step
-	ok = true
 	if t.world.Rank != 0 {
 		t.metrics = &metricsLog{}
-		return t, nil
-	}
-	logDir := filepath.Join(o.Output, LogDir)
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	if err := atomicfile.WriteFile(filepath.Join(logDir, "config.yaml"), cfg.YAML()); err != nil {
-		return nil, fmt.Errorf("%s: log/config.yaml: %w", name, err)
-	}
-	if err := atomicfile.WriteFile(filepath.Join(logDir, "model.json"), mc.JSON()); err != nil {
-		return nil, fmt.Errorf("%s: log/model.json: %w", name, err)
-	}
-	if t.metrics, err = openMetrics(filepath.Join(logDir, "metrics.jsonl"), t.step, resumeFrom != ""); err != nil {
-		ok = false
+	} else if err := t.openLog(name, resumeFrom != ""); err != nil {
 		return nil, err
 	}
+	ok = true
 	return t, nil
 }
 
@@ -211,6 +208,9 @@ func (t *Trainer) startPoint(name string) (string, error) {
 		fmt.Fprintf(o.Log, "%s: no checkpoint in %s, starting from step 0\n", name, ckptDir)
 	case latest != "":
 		return "", fmt.Errorf("%s: %s already holds checkpoint %s: pass --resume to continue it or choose another --output", name, o.Output, filepath.Base(latest))
+	}
+	if err := t.checkFreshLog(name); err != nil {
+		return "", err
 	}
 	return "", nil
 }
@@ -428,6 +428,11 @@ func (t *Trainer) Close() {
 // Step is the last optimizer step taken.
 func (t *Trainer) Step() int { return t.step }
 
+// Hurry makes a run that was told to stop (its Run context cancelled)
+// skip everything but its checkpoint: a validation under way is
+// abandoned. A second interrupt calls it.
+func (t *Trainer) Hurry() { t.hurry() }
+
 // Interrupted reports whether Run stopped early on a cancelled context,
 // this process's or, in a multi-process run, another's.
 func (t *Trainer) Interrupted() bool { return t.interrupted }
@@ -494,7 +499,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 		}
 		if t.step%t.cfg.ValidSteps == 0 {
 			if err := t.validate(); err != nil {
-				return err
+				return t.hurried(err)
 			}
 		}
 		if t.step%t.cfg.SaveSteps == 0 {
@@ -511,7 +516,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 	// not happened (the same metrics.jsonl).
 	if t.lastValid != t.step && t.step >= t.cfg.NumTrainSteps {
 		if err := t.validate(); err != nil {
-			return err
+			return t.hurried(err)
 		}
 	}
 	if t.lastSave != t.step {
@@ -520,6 +525,20 @@ func (t *Trainer) Run(ctx context.Context) error {
 		}
 	}
 	return t.plots()
+}
+
+// hurried handles a validation error: after Hurry it is the abandoned
+// validation, and the run ends with its checkpoint.
+func (t *Trainer) hurried(err error) error {
+	if t.valCtx.Err() == nil || t.ctx.Err() != nil {
+		return err
+	}
+	t.interrupted = true
+	fmt.Fprintf(t.opts.Log, "\n%s: validation abandoned after step %d, saving a checkpoint\n", cmdName(t.cfg), t.step)
+	if t.lastSave != t.step {
+		return t.save()
+	}
+	return nil
 }
 
 // validate evaluates the validation data, logs a row per task key or
@@ -536,7 +555,7 @@ func (t *Trainer) validate() error {
 	for _, v := range t.val {
 		res := map[string]Metrics{}
 		for _, task := range v.tasks {
-			sums, err := t.shardedSums(func(r *replica, o EvalOptions) (taskSums, error) { return evalSums(t.ctx, r.pt, v.ds, task, o) })
+			sums, err := t.shardedSums(func(r *replica, o EvalOptions) (taskSums, error) { return evalSums(t.valCtx, r.pt, v.ds, task, o) })
 			if err != nil {
 				return fmt.Errorf("validation at step %d: %s: %w", t.step, v.name, err)
 			}
