@@ -170,3 +170,44 @@ func ReadMetrics(path string) ([]Record, error) {
 	}
 	return out, nil
 }
+
+// logWindow gathers each task key's loss and loss parts over the steps
+// between two logged rows: with log_steps > 1 a row is one step of one
+// task, and a task drawn rarely would otherwise show in few rows.
+type logWindow map[string]*keyMeans
+
+type keyMeans struct {
+	steps int
+	sums  map[string]float64
+}
+
+func (w *logWindow) add(r stepRow) {
+	if *w == nil {
+		*w = logWindow{}
+	}
+	m := (*w)[r.key]
+	if m == nil {
+		m = &keyMeans{sums: map[string]float64{}}
+		(*w)[r.key] = m
+	}
+	m.steps++
+	m.sums["loss"] += r.loss
+	for k, v := range r.parts {
+		m.sums[k] += v
+	}
+}
+
+// field is the window's means as the row field "window" ({key: {"steps":
+// n, "loss": mean, part: mean}}), and starts the next window.
+func (w *logWindow) field() Field {
+	out := map[string]map[string]float64{}
+	for key, m := range *w {
+		means := map[string]float64{"steps": float64(m.steps)}
+		for k, v := range m.sums {
+			means[k] = v / float64(m.steps)
+		}
+		out[key] = means
+	}
+	*w = nil
+	return Field{"window", out}
+}

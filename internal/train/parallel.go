@@ -176,6 +176,7 @@ type stepRow struct {
 	row        Row
 	key        string
 	loss       float64
+	parts      map[string]float64
 	tokensPerS float64
 }
 
@@ -281,7 +282,7 @@ func (t *Trainer) trainStep() (stepRow, error) {
 	for _, name := range sortedKeys(win.parts) {
 		row = append(row, Field{name, win.parts[name]})
 	}
-	return stepRow{row: row, key: key, loss: win.loss, tokensPerS: tps}, nil
+	return stepRow{row: row, key: key, loss: win.loss, parts: win.parts, tokensPerS: tps}, nil
 }
 
 // readyHook returns what replica i's last micro-batch calls as each stage

@@ -205,3 +205,47 @@ func TestReplicasEqualAccumulationFinetune(t *testing.T) {
 		t.Errorf("2-replica validation predictions differ from 1 replica's")
 	}
 }
+
+// TestLogWindowMeans: with log_steps 5 every logged row carries each task
+// key's mean loss over the 5 steps, equal to the means of a log_steps 1
+// run's rows.
+func TestLogWindowMeans(t *testing.T) {
+	dir := t.TempDir()
+	every, _ := runWorld(t, shortRun(t, 1, func(c *Config) { c.NumTrainSteps, c.ValidSteps = 10, 1000 }), filepath.Join(dir, "every"), 1, false, 0)
+	all, _ := runWorld(t, shortRun(t, 1, func(c *Config) { c.NumTrainSteps, c.ValidSteps, c.LogSteps = 10, 1000, 5 }), filepath.Join(dir, "sparse"), 1, false, 0)
+	var sparse []Record
+	for _, r := range all {
+		if r.String("split") == "" {
+			sparse = append(sparse, r)
+		}
+	}
+	if len(sparse) != 2 {
+		t.Fatalf("%d rows with log_steps 5 over 10 steps, want 2", len(sparse))
+	}
+	for _, r := range sparse {
+		win, ok := r["window"].(map[string]any)
+		if !ok {
+			t.Fatalf("step %d: no window field: %v", r.Step(), r)
+		}
+		want := map[string][]float64{}
+		for _, e := range every {
+			if e.String("split") == "" && e.Step() > r.Step()-5 && e.Step() <= r.Step() {
+				l, _ := e.Float("loss")
+				want[e.String("task")] = append(want[e.String("task")], l)
+			}
+		}
+		if len(win) != len(want) {
+			t.Errorf("step %d: window has keys %v, the steps had %v", r.Step(), win, want)
+		}
+		for key, losses := range want {
+			m, _ := win[key].(map[string]any)
+			mean := 0.0
+			for _, l := range losses {
+				mean += l / float64(len(losses))
+			}
+			if got, _ := m["loss"].(float64); math.Abs(got-mean) > 1e-9*math.Abs(mean) || int(m["steps"].(float64)) != len(losses) {
+				t.Errorf("step %d %s: window %v, want loss %v over %d steps", r.Step(), key, m, mean, len(losses))
+			}
+		}
+	}
+}

@@ -105,6 +105,7 @@ type Trainer struct {
 	lastSave    int
 	lastValid   int
 	interrupted bool
+	window      logWindow // of the steps since the last logged row
 }
 
 // valSet is one validation dataset with its tasks.
@@ -488,7 +489,11 @@ func (t *Trainer) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		t.window.add(row)
 		if t.step%t.cfg.LogSteps == 0 || t.step == stop {
+			if t.cfg.LogSteps > 1 {
+				row.row = append(row.row, t.window.field())
+			}
 			if err := t.metrics.Write(row.row); err != nil {
 				return err
 			}
