@@ -82,7 +82,7 @@ head).`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.model, "model", "base", "model preset (base, large, tiny) or official model JSON")
-	f.StringVar(&o.device, "device", "", "cpu or cuda (default: cuda when built in and present, else cpu)")
+	f.StringVar(&o.device, "device", "", deviceHelp)
 	f.StringVar(&o.mode, "mode", "fwdbwd", "fwd, fwdbwd or train")
 	f.StringVar(&o.task, "task", "", "head to time with the backbone: vqa (default: none, the backbone alone)")
 	f.BoolVar(&o.fp16, "fp16", false, "mixed precision (fp16 matmul inputs)")

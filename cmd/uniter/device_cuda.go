@@ -17,8 +17,7 @@ import (
 // a CUDA driver and GPU (its package init calls cuInit), so `make cuda`
 // binaries are for GPU hosts only.
 func init() {
-	cudaBackend = func() (compute.Backend, error) { return gpu.New(0) }
-	cudaBackendOn = func(ordinal int) (compute.Backend, error) { return gpu.New(ordinal) }
+	cudaBackend = func(ordinal int) (compute.Backend, error) { return gpu.New(ordinal) }
 	cudaSummary = gpu.Summary
 	ncclFactory = newNCCLFactory
 }

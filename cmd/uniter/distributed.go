@@ -72,33 +72,30 @@ func joinWorld(cmd *cobra.Command, wf worldFlags, device string, threads int) (t
 	if err := launch.Validate(); err != nil {
 		return w, nil, err
 	}
-	if device == "" {
-		device = defaultDevice()
+	kind, ordinal, err := parseDevice(device)
+	if err != nil {
+		return w, nil, err
 	}
 	w = train.World{Replicas: wf.replicas, Rank: launch.Rank, Procs: launch.World}
 	if wf.replicas == 1 && launch.World == 1 {
 		// One replica: the caller's backend, as without data parallelism.
 		return w, nil, nil
 	}
-	switch device {
-	case "cpu":
+	if kind == "cpu" {
 		if threads <= 0 {
 			threads = runtime.NumCPU()
 		}
 		per := max(threads/wf.replicas, 1)
 		w.NewBackend = func(int) (compute.Backend, error) { return compute.NewCPU(per), nil }
-	case "cuda":
-		if cudaBackendOn == nil {
-			return w, nil, fmt.Errorf("--device cuda: this binary was built without CUDA support (build it with `make cuda`)")
+	} else {
+		// Replica i of local process r drives GPU ordinal + r*replicas + i.
+		first := ordinal + launch.LocalRank*wf.replicas
+		w.NewBackend = func(i int) (compute.Backend, error) {
+			return openCUDA(fmt.Sprintf("cuda:%d", first+i), first+i)
 		}
-		first := launch.LocalRank * wf.replicas
-		w.NewBackend = func(i int) (compute.Backend, error) { return cudaBackendOn(first + i) }
-	default:
-		_, err := openBackend(device, threads)
-		return w, nil, err
 	}
 	if launch.World == 1 {
-		if device == "cuda" && wf.replicas > 1 {
+		if kind == "cuda" && wf.replicas > 1 {
 			if w.NewCollective, err = cudaCollective(nil, 0); err != nil {
 				return w, nil, err
 			}
@@ -110,7 +107,7 @@ func joinWorld(cmd *cobra.Command, wf worldFlags, device string, threads int) (t
 		return w, nil, err
 	}
 	w.Host = hostComm{j}
-	if device == "cuda" {
+	if kind == "cuda" {
 		if w.NewCollective, err = cudaCollective(j.kv, launch.Rank); err != nil {
 			j.close(false)
 			return w, nil, err
@@ -234,10 +231,6 @@ func (h hostComm) AllGather(b []byte) ([][]byte, error) {
 	out, err := h.j.gloo.AllGather(b)
 	return out, h.explain(err)
 }
-
-// cudaBackendOn opens the CUDA backend of a GPU ordinal; set by the cuda
-// build.
-var cudaBackendOn func(ordinal int) (compute.Backend, error)
 
 // cudaCollective returns the NCCL communicator factory of the CUDA
 // replicas (the cuda build sets ncclFactory); kv shares rank 0's NCCL id

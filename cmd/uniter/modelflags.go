@@ -26,7 +26,7 @@ func (f *modelFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.checkpoint, "checkpoint", "", "official UNITER .pt file or a uniter checkpoint directory")
 	fs.StringVar(&f.modelConfig, "model-config", "", "official model JSON or preset (base, large, tiny); optional when the checkpoint carries its config")
 	fs.IntVar(&f.imgDim, "img-dim", 0, "region feature size (default: the model config's img_dim, else 2048)")
-	fs.StringVar(&f.device, "device", "", "cpu or cuda (default: cuda when built in and present, else cpu)")
+	fs.StringVar(&f.device, "device", "", deviceHelp)
 	fs.BoolVar(&f.fp16, "fp16", false, "mixed precision")
 	fs.IntVar(&f.threads, "threads", 0, "CPU threads (0: all cores)")
 }

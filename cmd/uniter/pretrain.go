@@ -83,7 +83,7 @@ func registerTrainFlags(cmd *cobra.Command, o *trainOpts, configHelp string) {
 	f.IntVar(&o.steps, "steps", 0, "stop after this optimizer step (default: num_train_steps)")
 	f.Int64Var(&o.seed, "seed", -1, "override the config's seed")
 	f.StringArrayVar(&o.sets, "set", nil, "override a config key: --set key=value (repeatable)")
-	f.StringVar(&o.device, "device", "", "cpu or cuda (default: cuda when built in and present, else cpu)")
+	f.StringVar(&o.device, "device", "", deviceHelp)
 	f.BoolVar(&o.fp16, "fp16", false, "mixed precision with dynamic loss scaling (emulated fp16 gradients on the CPU)")
 	f.IntVar(&o.threads, "threads", 0, "CPU threads (0: all cores)")
 	f.BoolVar(&o.quiet, "quiet", false, "no progress bar")

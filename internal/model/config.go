@@ -42,6 +42,9 @@ type Config struct {
 	ImgLabelDim               int     `json:"img_label_dim,omitempty"`
 }
 
+// PresetNames are the names Preset knows.
+var PresetNames = []string{"base", "large", "tiny"}
+
 // Preset returns a named configuration: "base" and "large" are the official
 // UNITER models, "tiny" is a small model for tests and the CPU demo.
 func Preset(name string) (Config, error) {
@@ -59,7 +62,7 @@ func Preset(name string) (Config, error) {
 	case "tiny":
 		c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.IntermediateSize = 128, 2, 4, 512
 	default:
-		return Config{}, fmt.Errorf("unknown model preset %q (want base, large, tiny or a JSON file)", name)
+		return Config{}, fmt.Errorf("unknown model preset %q (want %s or a JSON file)", name, strings.Join(PresetNames, ", "))
 	}
 	return c, nil
 }
