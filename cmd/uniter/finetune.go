@@ -42,13 +42,13 @@ Every valid_steps the val (and test) split is evaluated with the code of
 the metrics to log/metrics.jsonl, and the best val acc so far to
 OUTPUT/ckpt/best/. A checkpoint is written every save_steps and at the end;
 SIGINT or SIGTERM stops after the current step with a checkpoint, and
---resume continues exactly (it refuses a changed batch size, accumulation,
-num_train_steps, task or model).`,
-		Example: `  uniter data synth --out runs/synth
-  uniter finetune --task vqa --config configs/finetune-vqa-synth.yaml --output runs/vqa
+--resume continues exactly (it refuses a changed batch size, micro-batches
+per step (replicas x accumulation), num_train_steps, task or model).`,
+		Example: `  uniter data synth --out runs/demo/data
+  uniter finetune --task vqa --config configs/finetune-vqa-synth.yaml --output runs/vqa --steps 500
   uniter finetune --task nlvr2 --config config/train-nlvr2-base-1gpu.json --output /storage/nlvr2 \
       --set checkpoint=/pretrain/uniter-base.pt
-  uniter finetune --task vqa --config configs/finetune-vqa-synth.yaml --output runs/vqa --resume --steps 2000`,
+  uniter finetune --task vqa --config configs/finetune-vqa-synth.yaml --output runs/vqa --resume`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch {

@@ -61,8 +61,9 @@ config.yaml with the resolved config, model.json, loss/lr/loss-scale PNGs).
 num_train_steps, so a run stopped at N and resumed with --resume produces
 exactly the losses of an uninterrupted run.`,
 		Example: `  uniter data synth --out runs/demo/data
-  uniter pretrain --config configs/demo.yaml --output runs/demo/out
+  uniter pretrain --config configs/demo.yaml --output runs/demo/out --steps 1000
   uniter pretrain --config configs/demo.yaml --output runs/demo/out --resume --steps 2000
+  uniter pretrain --config configs/demo.yaml --output runs/demo/dp --replicas 2 --threads 2
   uniter pretrain --config configs/pretrain-indomain-base-8gpu.yaml --output /storage/indomain \
       --set train_batch_size=4096 --set n_workers=8 --fp16`,
 		Args: cobra.NoArgs,
