@@ -59,13 +59,10 @@ type Config struct {
 	// UseImgType gives NLVR2's right image the third token type.
 	UseImgType bool `mapstructure:"use_img_type" yaml:"use_img_type"`
 	// Optim is the optimizer; the official configs all say adamw, the only
-	// one implemented.
+	// one implemented. (Keys of the official configs that no run reads,
+	// pin_mem, compressed_db, rank and those of tasks not implemented,
+	// are in ignoredKeys.)
 	Optim string `mapstructure:"optim" yaml:"optim"`
-	// PinMem and CompressedDB are accepted for the official configs: host
-	// memory is not pinned by hand here, and the img_db reader finds a
-	// _compressed sub-directory by itself.
-	PinMem       bool `mapstructure:"pin_mem" yaml:"pin_mem,omitempty"`
-	CompressedDB bool `mapstructure:"compressed_db" yaml:"compressed_db,omitempty"`
 
 	// TrainBatchSize and ValBatchSize are token budgets (padded tokens per
 	// micro-batch), as the official batch_size of the TokenBucketSampler.
@@ -109,8 +106,9 @@ type Config struct {
 	// OutputDir holds ckpt/ and log/ (the --output flag overrides it).
 	OutputDir string `mapstructure:"output_dir" yaml:"output_dir"`
 
-	// Warnings name keys of the file that this task does not use (keys of
-	// another task's official config); the command prints them.
+	// Warnings hold at most one line: the keys of the settings that this
+	// run does not read (ignoredKeys, or keys of another task's official
+	// config), each with why; the command prints it.
 	Warnings []string `mapstructure:"-" yaml:"-"`
 }
 
@@ -209,22 +207,53 @@ var (
 	taskOnlyKeys = map[string][]string{"vqa": {"ans2label"}, "nlvr2": {"variant", "use_img_type"}}
 )
 
-// unusedKeys lists the keys of settings that task does not read.
+// ignoredKeys are the keys of the official config/*.json files that no run
+// here reads, with why (no commas: the warning is a comma-separated list).
+// They load with a warning instead of an error, so every official config
+// loads as it is; they are no Config fields, so they have no defaults and
+// log/config.yaml does not carry them.
+var ignoredKeys = map[string]string{
+	"pin_mem":       "host memory is not pinned",
+	"compressed_db": "img_dbs are read in the layout they have",
+	"rank":          "the launcher sets the rank",
+	// Image-text retrieval (train-itm-*.json).
+	"negative_size":      "itm retrieval is not implemented",
+	"hard_neg_size":      "itm retrieval is not implemented",
+	"inf_minibatch_size": "itm retrieval is not implemented",
+	"margin":             "itm retrieval is not implemented",
+	"full_val":           "itm retrieval is not implemented",
+	// Referring expressions (train-refcoco*.json).
+	"decay":    "the schedule is always warmup-linear",
+	"mlp":      "refcoco is not implemented",
+	"mask_dir": "refcoco is not implemented",
+	// VCR (train-vcr-*.json).
+	"checkpoint_from": "vcr is not implemented",
+}
+
+// unusedKeys lists the keys of settings that task does not read, each as
+// "key (why)", sorted.
 func unusedKeys(task string, settings map[string]any) []string {
 	var out []string
-	foreign := finetuneKeys
+	foreign, why := finetuneKeys, "finetune only"
 	if task != TaskPretrain {
-		foreign = pretrainKeys
+		foreign, why = pretrainKeys, "pretrain only"
 	}
 	for k := range settings {
-		if slices.Contains(foreign, k) {
-			out = append(out, k)
+		if r, ok := ignoredKeys[k]; ok {
+			out = append(out, k+" ("+r+")")
 			continue
 		}
-		for owner, keys := range taskOnlyKeys {
-			if owner != task && task != TaskPretrain && slices.Contains(keys, k) {
-				out = append(out, k)
+		owner := ""
+		for o, keys := range taskOnlyKeys {
+			if o != task && slices.Contains(keys, k) {
+				owner = o
 			}
+		}
+		switch {
+		case owner != "":
+			out = append(out, k+" ("+owner+" only)")
+		case slices.Contains(foreign, k):
+			out = append(out, k+" ("+why+")")
 		}
 	}
 	slices.Sort(out)
@@ -234,7 +263,8 @@ func unusedKeys(task string, settings map[string]any) []string {
 // DecodeConfig reads the merged settings of v (file, environment, --set)
 // into a Config of task and validates it. Unknown keys are an error, so a
 // typo does not silently fall back to a default; keys of another task's
-// official config are dropped with a warning (Config.Warnings).
+// official config, and those no run reads (ignoredKeys), are dropped and
+// named with why in one warning line (Config.Warnings).
 func DecodeConfig(v *viper.Viper, task string) (*Config, error) {
 	c := DefaultConfigFor(task)
 	dc := &mapstructure.DecoderConfig{
@@ -262,14 +292,15 @@ func DecodeConfig(v *viper.Viper, task string) (*Config, error) {
 	}
 	unused := unusedKeys(task, settings)
 	if foreignModel {
-		unused = append(unused, "model")
+		unused = append(unused, "model (the nlvr2 variant)")
 		slices.Sort(unused)
 	}
-	for _, k := range unused {
+	for _, u := range unused {
+		k, _, _ := strings.Cut(u, " (")
 		delete(settings, k)
 	}
 	if len(unused) > 0 {
-		c.Warnings = append(c.Warnings, fmt.Sprintf("config: keys not used by %s ignored: %s", taskLabel(task), strings.Join(unused, ", ")))
+		c.Warnings = append(c.Warnings, fmt.Sprintf("config: keys not used by %s, ignored: %s", taskLabel(task), strings.Join(unused, ", ")))
 	}
 	settings["task"] = task
 	// The file's lists replace the defaults instead of merging into them.
@@ -330,7 +361,15 @@ func decodeError(err error) error {
 	}
 	msg := de.Unwrap().Error()
 	if keys, ok := strings.CutPrefix(msg, "has invalid keys: "); ok {
-		if de.Name() == "" {
+		switch {
+		case de.Name() == "model":
+			first, _, _ := strings.Cut(keys, ",")
+			if best := NearestKey("model."+first, Keys()); strings.HasPrefix(best, "model.") {
+				return fmt.Errorf("config: model: unknown key %s, did you mean %s?", keys, strings.TrimPrefix(best, "model."))
+			}
+		case de.Name() == "" && allModelJSONKeys(keys):
+			return fmt.Errorf("config: unknown key %s: keys of a model config JSON (like uniter-base.json); name that file with model_config", keys)
+		case de.Name() == "":
 			return fmt.Errorf("config: unknown key %s%s", keys, suggestKey(keys))
 		}
 		return fmt.Errorf("config: %s: unknown key %s", de.Name(), keys)
@@ -338,22 +377,94 @@ func decodeError(err error) error {
 	return fmt.Errorf("config: %s: %s", de.Name(), strings.ReplaceAll(msg, "\n", "; "))
 }
 
-// suggestKey proposes the config key nearest to a misspelt one (edit
-// distance at most 2), as ", did you mean learning_rate?".
-func suggestKey(key string) string {
-	key, _, _ = strings.Cut(key, ",")
-	best, bestD := "", 3
-	t := reflect.TypeFor[Config]()
-	for i := range t.NumField() {
-		name, _, _ := strings.Cut(t.Field(i).Tag.Get("mapstructure"), ",")
-		if d := editDistance(key, name); name != "-" && d < bestD {
-			best, bestD = name, d
+// Keys are every key a config may hold, for one task or another: the
+// Config fields, model.<key> for each model override and the ignoredKeys
+// of the official configs; sorted. --set and UNITER_* variables are
+// checked against them.
+func Keys() []string {
+	var keys []string
+	tags := func(t reflect.Type, prefix string) {
+		for i := range t.NumField() {
+			if name, _, _ := strings.Cut(t.Field(i).Tag.Get("mapstructure"), ","); name != "-" && name != "" {
+				keys = append(keys, prefix+name)
+			}
 		}
 	}
-	if best == "" {
-		return ""
+	tags(reflect.TypeFor[Config](), "")
+	tags(reflect.TypeFor[ModelOverrides](), "model.")
+	for k := range ignoredKeys {
+		keys = append(keys, k)
 	}
-	return ", did you mean " + best + "?"
+	slices.Sort(keys)
+	return keys
+}
+
+// CheckKey reports a key that no config holds (Keys; case does not matter,
+// as for viper) as "unknown key k, did you mean x?".
+func CheckKey(key string) error {
+	key = strings.ToLower(key)
+	if slices.Contains(Keys(), key) {
+		return nil
+	}
+	return fmt.Errorf("unknown key %s%s", key, suggestKey(key))
+}
+
+// NearestKey is the candidate nearest to a misspelt key (edit distance at
+// most 2), or "" when none is that near.
+func NearestKey(key string, candidates []string) string {
+	best, bestD := "", 3
+	for _, c := range candidates {
+		if d := editDistance(key, c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+// suggestKey proposes the config key nearest to a misspelt one, as ",
+// did you mean learning_rate?"; a key of the model JSON at the top level
+// of a run config is pointed to model.<key> or to the model_config file.
+func suggestKey(key string) string {
+	key, _, _ = strings.Cut(key, ",")
+	keys := Keys()
+	if slices.Contains(keys, "model."+key) {
+		return ", did you mean model." + key + "?"
+	}
+	if slices.Contains(modelJSONKeys(), key) {
+		return " (a key of the model JSON that model_config names)"
+	}
+	if best := NearestKey(key, keys); best != "" {
+		return ", did you mean " + best + "?"
+	}
+	return ""
+}
+
+// modelJSONKeys are the keys of a model config JSON (uniter-base.json).
+func modelJSONKeys() []string {
+	var keys []string
+	t := reflect.TypeFor[model.Config]()
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "-" && name != "" {
+			keys = append(keys, name)
+		}
+	}
+	return keys
+}
+
+// allModelJSONKeys reports whether a comma-separated list of several
+// unknown keys holds only keys of a model config JSON: the file is a model
+// config, not a run config.
+func allModelJSONKeys(list string) bool {
+	keys := strings.Split(list, ", ")
+	if len(keys) < 2 {
+		return false
+	}
+	for _, k := range keys {
+		if !slices.Contains(modelJSONKeys(), k) {
+			return false
+		}
+	}
+	return true
 }
 
 // editDistance is the Levenshtein distance of a and b.
