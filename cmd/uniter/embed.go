@@ -36,8 +36,9 @@ func newEmbedCmd() *cobra.Command {
 		Long: `embed runs the backbone in evaluation mode on every example of the txt_db
 (ids from id2len.json, no length filter) with its image from the img_db, and
 writes DIR/pooled.npy (float32 [n, hidden]: the pooler output) and
-DIR/ids.json (the example ids in row order). Both files are written
-atomically.`,
+DIR/ids.json (the example ids in row order, the order in which eval lists
+its results for the same txt_db). Both files are written atomically.
+--checkpoint also takes a run's output directory (its newest checkpoint).`,
 		Example: `  uniter embed --checkpoint uniter-base.pt --model-config config/uniter-base.json \
       --txt-db /txt/itm_coco_val.db --img-db /img/coco_val2014 --out runs/emb
   python3 -c "import numpy as np; print(np.load('runs/emb/pooled.npy').shape)"`,
@@ -63,6 +64,10 @@ atomically.`,
 func runEmbed(ctx context.Context, o embedOpts) error {
 	if ctx == nil {
 		ctx = context.Background()
+	}
+	var err error
+	if o.mf.checkpoint, err = resolveCheckpoint(o.mf.checkpoint, os.Stderr); err != nil {
+		return err
 	}
 	be, err := o.mf.backend()
 	if err != nil {
@@ -143,9 +148,7 @@ func runEmbed(ctx context.Context, o embedOpts) error {
 	pooled := make([]float32, 0, len(ids)*h)
 	var bar *progressbar.ProgressBar
 	if !o.quiet {
-		bar = progressbar.NewOptions(len(ids), progressbar.OptionSetDescription("embed"),
-			progressbar.OptionSetWriter(os.Stderr), progressbar.OptionShowCount(), progressbar.OptionShowIts(),
-			progressbar.OptionSetItsString("examples"), progressbar.OptionSetPredictTime(true))
+		bar = newProgressBar(os.Stderr, len(ids), "embed")
 	}
 	for range batches {
 		b, _, err := loader.Next()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -11,8 +12,11 @@ import (
 	"testing"
 
 	"uniter/internal/ckpt"
+	"uniter/internal/compute"
 	"uniter/internal/db"
+	"uniter/internal/model"
 	"uniter/internal/npy"
+	"uniter/internal/train"
 )
 
 const embedFixture = "../../testdata/embed/"
@@ -100,5 +104,121 @@ func TestEmbedBadInput(t *testing.T) {
 		if entries, _ := os.ReadDir(out); len(entries) != 0 {
 			t.Errorf("%s: a failed run left %d files in --out", name, len(entries))
 		}
+	}
+}
+
+// captureStderr runs f with os.Stderr sent to a file and returns what f
+// wrote there (embed reports on os.Stderr).
+func captureStderr(t *testing.T, f func()) string {
+	t.Helper()
+	tmp, err := os.CreateTemp(t.TempDir(), "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := os.Stderr
+	os.Stderr = tmp
+	defer func() { os.Stderr = old }()
+	f()
+	b, err := os.ReadFile(tmp.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// pretrainingCheckpoint writes a checkpoint directory of the embed
+// fixture's model with the pretraining heads (what "uniter pretrain"
+// saves) and the extra keys, and returns it.
+func pretrainingCheckpoint(t *testing.T, dir string, extra ...string) string {
+	t.Helper()
+	cfg, err := model.LoadConfig("../../testdata/golden/tiny.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ImgDim = 48
+	m, err := model.New(compute.NewCPU(1), cfg, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	model.NewPretrainHeads(m)
+	if err := m.Save(dir); err != nil {
+		t.Fatal(err)
+	}
+	if len(extra) > 0 {
+		sd := m.StateDict()
+		for _, k := range extra {
+			sd.Keys = append(sd.Keys, k)
+			sd.Tensors[k] = &ckpt.Tensor{Shape: []int{2}, DType: "float32", Float: []float32{1, 2}}
+		}
+		if err := ckpt.WriteSafetensors(filepath.Join(dir, model.WeightsFile), sd, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// TestEmbedPretrainingCheckpoint: embedding with a pretraining checkpoint
+// says its pretraining heads are not used, not that 18 keys are
+// unexpected; truly unknown keys are still reported as unexpected.
+func TestEmbedPretrainingCheckpoint(t *testing.T) {
+	for _, c := range []struct {
+		extra      []string
+		unexpected string
+	}{
+		{nil, ""},
+		{[]string{"foo.weight"}, "1 unexpected keys ignored (foo.weight)"},
+	} {
+		o := embedTestOpts(t.TempDir())
+		o.mf.checkpoint = pretrainingCheckpoint(t, filepath.Join(t.TempDir(), "ckpt"), c.extra...)
+		var err error
+		log := captureStderr(t, func() { err = runEmbed(context.Background(), o) })
+		if err != nil {
+			t.Fatalf("%v\n%s", err, log)
+		}
+		if want := "the checkpoint's pretraining heads (MLM, MRFR, MRC, ITM: 18 tensors) are not used"; !strings.Contains(log, want) {
+			t.Errorf("extra keys %v: log lacks %q:\n%s", c.extra, want, log)
+		}
+		if got := strings.Contains(log, "unexpected"); got != (c.unexpected != "") || !strings.Contains(log, c.unexpected) {
+			t.Errorf("extra keys %v: want the unexpected-keys warning only for them (%q):\n%s", c.extra, c.unexpected, log)
+		}
+	}
+}
+
+// TestEmbedRunDir: embed --checkpoint with a run's output directory takes
+// its newest complete checkpoint (not an older one, not one without
+// trainer state) and says so; a directory with neither a checkpoint nor a
+// run's checkpoints is one error naming what was looked for.
+func TestEmbedRunDir(t *testing.T) {
+	run := t.TempDir()
+	for _, step := range []int{2, 5, 7} {
+		dir := pretrainingCheckpoint(t, filepath.Join(run, "ckpt", train.CheckpointName(step)))
+		if step == 7 {
+			continue // incomplete: no trainer state
+		}
+		st := fmt.Sprintf(`{"step": %d, "seed": 7}`, step)
+		if err := os.WriteFile(filepath.Join(dir, "trainer_state.json"), []byte(st), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := embedTestOpts(t.TempDir())
+	o.mf.checkpoint = run
+	var err error
+	log := captureStderr(t, func() { err = runEmbed(context.Background(), o) })
+	if err != nil {
+		t.Fatalf("%v\n%s", err, log)
+	}
+	want := "uniter: --checkpoint " + run + " is a run's output directory: using its newest checkpoint " + filepath.Join(run, "ckpt", train.CheckpointName(5))
+	if !strings.Contains(log, want) {
+		t.Errorf("log lacks %q:\n%s", want, log)
+	}
+	if _, err := os.Stat(filepath.Join(o.out, "pooled.npy")); err != nil {
+		t.Error(err)
+	}
+
+	o = embedTestOpts(t.TempDir())
+	o.mf.checkpoint = t.TempDir()
+	err = runEmbed(context.Background(), o)
+	if err == nil || !strings.Contains(err.Error(), o.mf.checkpoint+": no checkpoint there: looked for "+filepath.Join(o.mf.checkpoint, "model.safetensors")) {
+		t.Errorf("empty directory: err %v", err)
 	}
 }

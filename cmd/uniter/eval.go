@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 
 	"uniter/internal/atomicfile"
@@ -36,6 +37,7 @@ type evalOpts struct {
 	batchTokens  int
 	workers      int
 	seed         uint64
+	seedSet      bool // --seed given: it wins over the run's seed
 	initSeed     int64
 	maxTxtLen    int
 	mrmProb      float64
@@ -77,10 +79,17 @@ transport distances of matched and of mismatched pairs per example, as the
 reference logs them) and ot_pos_mean, ot_neg_mean (mean distance per
 matched and per mismatched pair). Masks and ITM negatives are drawn from
 --seed, so two checkpoints evaluated with the same seed see the same
-inputs. --mrm-prob and --itm-neg-prob are used as given, 0 included
+inputs; it defaults to the seed of the run that wrote the checkpoint (its
+trainer_state.json; for ckpt/best, that of the newest step checkpoint
+beside it), which is the seed of that run's validation, and to 42 for a
+checkpoint without one (an official .pt). --mrm-prob and --itm-neg-prob are used as given, 0 included
 (--itm-neg-prob 0: no negatives; --mrm-prob 0: one region per example). --init-seed evaluates a freshly
 initialised model instead of a checkpoint: with the pretraining run's seed
 and log/model.json it is that run's step-0 model.
+
+--checkpoint takes an official .pt file, a checkpoint directory
+(ckpt/step_NNNNNNNN, ckpt/best) or a run's output directory, which means its
+newest complete checkpoint.
 
 Downstream tasks (vqa, ve, nlvr2) evaluate a fine-tuned checkpoint, an
 official one (the fp16 state dict of UniterFor... with the official
@@ -108,6 +117,7 @@ itr are not available yet.`,
       --txt-db /txt/nlvr2_dev.db --img-db /img/nlvr2_dev --out runs/nlvr2_dev`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.seedSet = cmd.Flags().Changed("seed")
 			return runEval(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
@@ -121,7 +131,7 @@ itr are not available yet.`,
 	f.StringSliceVar(&o.tasks, "tasks", train.TaskNames, "pretraining tasks to evaluate")
 	f.IntVar(&o.batchTokens, "batch-tokens", 8192, "padded tokens per batch (val_batch_size)")
 	f.IntVar(&o.workers, "workers", 2, "goroutines decoding examples")
-	f.Uint64Var(&o.seed, "seed", 42, "seed of the masks and ITM negatives")
+	f.Uint64Var(&o.seed, "seed", defaultEvalSeed, "seed of the masks and ITM negatives (default: the run's seed when the checkpoint has one, else 42)")
 	f.Int64Var(&o.initSeed, "init-seed", -1, "evaluate a model freshly initialised from this seed instead of --checkpoint (needs --model-config)")
 	f.IntVar(&o.maxTxtLen, "max-txt-len", -1, "drop texts with more word pieces (-1: keep all, as the reference's validation)")
 	f.Float64Var(&o.mrmProb, "mrm-prob", data.MaskProb, "probability of masking a region in mrfr, mrc and mrckl, in [0, 1] (mlm masks words with 0.15)")
@@ -157,6 +167,13 @@ func runEval(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
 	}
 	if (o.mf.checkpoint == "") == (o.initSeed < 0) {
 		return fmt.Errorf("eval: pass exactly one of --checkpoint and --init-seed")
+	}
+	var err error
+	if o.mf.checkpoint, err = resolveCheckpoint(o.mf.checkpoint, stderr); err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	if o.seed, err = evalSeed(o, stderr); err != nil {
+		return fmt.Errorf("eval: %w", err)
 	}
 	be, err := o.mf.backend()
 	if err != nil {
@@ -238,4 +255,115 @@ func initModel(be compute.Backend, o evalOpts, addHeads func(*model.Model), log 
 		fmt.Fprintf(log, "uniter: no checkpoint: model %s initialised from seed %d\n", o.mf.modelConfig, o.initSeed)
 	}
 	return m, nil
+}
+
+// defaultEvalSeed is eval's --seed for a checkpoint without a run's seed.
+const defaultEvalSeed = 42
+
+// resolveCheckpoint maps --checkpoint to the checkpoint it means: an
+// official .pt file or a checkpoint directory (holding model.safetensors:
+// ckpt/step_NNNNNNNN, ckpt/best) as given; a run's output directory, or its
+// ckpt directory, to its newest complete step checkpoint (else its best);
+// what it chose goes to log. A path that does not exist is left to the
+// reader's error.
+func resolveCheckpoint(path string, log io.Writer) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	if st, err := os.Stat(path); err != nil || !st.IsDir() {
+		return path, nil
+	}
+	if _, err := os.Stat(filepath.Join(path, model.WeightsFile)); err == nil {
+		return path, nil
+	}
+	ckptDir := filepath.Join(path, train.CkptDir)
+	what := "a run's output directory"
+	if st, err := os.Stat(ckptDir); err != nil || !st.IsDir() {
+		ckptDir, what = path, "a run's checkpoint directory"
+	}
+	latest, err := train.LatestCheckpoint(ckptDir)
+	if err != nil {
+		return "", err
+	}
+	if latest != "" {
+		fmt.Fprintf(log, "uniter: --checkpoint %s is %s: using its newest checkpoint %s\n", path, what, latest)
+		return latest, nil
+	}
+	best := filepath.Join(ckptDir, train.BestDir)
+	if _, err := os.Stat(filepath.Join(best, model.WeightsFile)); err == nil {
+		fmt.Fprintf(log, "uniter: --checkpoint %s is %s without step checkpoints: using its best checkpoint %s\n", path, what, best)
+		return best, nil
+	}
+	return "", fmt.Errorf("--checkpoint %s: no checkpoint there: looked for %s (a checkpoint directory), a complete %s (step checkpoints of a run's output directory) and %s",
+		path, filepath.Join(path, model.WeightsFile), filepath.Join(path, train.CkptDir, "step_NNNNNNNN", "trainer_state.json"), filepath.Join(path, train.CkptDir, train.BestDir, model.WeightsFile))
+}
+
+// runSeed returns the seed of the run that wrote checkpoint path and the
+// trainer state it read it from: the checkpoint's own state
+// (ckpt/step_NNNNNNNN), or for a checkpoint without one (ckpt/best) the
+// state of the newest step checkpoint beside it, which the same run wrote
+// (a resume must keep the seed). src is "" when there is none: an official
+// .pt file, or a directory outside a run's ckpt/.
+func runSeed(path string) (seed uint64, src string, err error) {
+	if path == "" {
+		return 0, "", nil
+	}
+	if st, err := os.Stat(path); err != nil || !st.IsDir() {
+		return 0, "", nil
+	}
+	dir := path
+	if !hasTrainerState(dir) {
+		sib, err := train.LatestCheckpoint(filepath.Dir(filepath.Clean(path)))
+		if err != nil || sib == "" {
+			return 0, "", err
+		}
+		dir = sib
+	}
+	st, err := train.ReadState(dir)
+	if err != nil {
+		return 0, "", err
+	}
+	return st.Seed, filepath.Join(dir, "trainer_state.json"), nil
+}
+
+func hasTrainerState(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "trainer_state.json"))
+	return err == nil
+}
+
+// evalSeed is the seed of eval --task pretrain's masks and ITM negatives:
+// --seed when given, else the seed of the run that wrote the checkpoint
+// (the seed its validation used), else --init-seed's (the run it stands
+// for starts from it), else 42. It says which on log.
+func evalSeed(o evalOpts, log io.Writer) (uint64, error) {
+	const line = "eval: masks and ITM negatives from seed %d%s\n"
+	if o.seedSet {
+		fmt.Fprintf(log, line, o.seed, " (--seed)")
+		return o.seed, nil
+	}
+	if o.initSeed >= 0 && o.mf.checkpoint == "" {
+		fmt.Fprintf(log, line, o.initSeed, " (--init-seed; --seed sets another)")
+		return uint64(o.initSeed), nil
+	}
+	seed, src, err := runSeed(o.mf.checkpoint)
+	if err != nil {
+		return 0, err
+	}
+	if src != "" {
+		fmt.Fprintf(log, line, seed, ", the run's, as in its validation (from "+src+"); --seed sets another")
+		return seed, nil
+	}
+	fmt.Fprintf(log, line, uint64(defaultEvalSeed), fmt.Sprintf(", the default: checkpoint %s holds no run's seed (no trainer_state.json, e.g. an official checkpoint); --seed sets another", o.mf.checkpoint))
+	return defaultEvalSeed, nil
+}
+
+// newProgressBar is eval's and embed's progress bar over total examples,
+// its clock started now. Left to itself progressbar starts the clock at
+// its first render, i.e. after the first batch has been added, and so
+// shows that batch done in no time (millions of examples/s).
+func newProgressBar(w io.Writer, total int, desc string) *progressbar.ProgressBar {
+	bar := progressbar.NewOptions(total, progressbar.OptionSetDescription(desc), progressbar.OptionSetWriter(w),
+		progressbar.OptionShowCount(), progressbar.OptionSetItsString("examples"), progressbar.OptionShowIts(), progressbar.OptionSetPredictTime(true))
+	bar.StartWithoutRender()
+	return bar
 }

@@ -27,6 +27,10 @@ import (
 // task's official output file and, with --save-logits, ids.json and
 // logits.npy.
 func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
+	var err error
+	if o.mf.checkpoint, err = resolveCheckpoint(o.mf.checkpoint, stderr); err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
 	be, err := o.mf.backend()
 	if err != nil {
 		return err
@@ -53,8 +57,12 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 	}
 	if len(rep.Missing) > 0 && o.initSeed < 0 {
 		// Scoring a randomly initialised head would look like a result.
-		return fmt.Errorf("eval --task %s: checkpoint %s has no %s head (missing %d parameters: %s); it holds %s: was it fine-tuned for another task or variant?",
-			o.task, o.mf.checkpoint, o.task, len(rep.Missing), strings.Join(rep.Missing[:min(3, len(rep.Missing))], ", "), headKeys(rep.Unexpected))
+		holds := "it holds " + headKeys(rep.Unexpected) + ": was it fine-tuned for another task or variant?"
+		if len(rep.PretrainHeads) > 0 && len(rep.Unexpected) == 0 {
+			holds = "it holds the pretraining heads: a pretraining checkpoint, to fine-tune first (uniter finetune)"
+		}
+		return fmt.Errorf("eval --task %s: checkpoint %s has no %s head (missing %d parameters: %s); %s",
+			o.task, o.mf.checkpoint, o.task, len(rep.Missing), strings.Join(rep.Missing[:min(3, len(rep.Missing))], ", "), holds)
 	}
 	if s := rep.String(); s != "" {
 		fmt.Fprintf(stderr, "uniter: checkpoint %s: %s\n", o.mf.checkpoint, s)
@@ -66,13 +74,16 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 		return err
 	}
 	eo := train.EvalOptions{Budget: o.batchTokens, Workers: o.workers, KeepLogits: o.saveLogits}
+	lens, err := ds.Lens(task.Name(), 0)
+	if err != nil {
+		return err
+	}
+	// The bar and its clock start before the first batch (see
+	// newProgressBar).
 	var bar *progressbar.ProgressBar
-	eo.Progress = func(done, total int) {
-		if bar == nil {
-			bar = progressbar.NewOptions(total, progressbar.OptionSetDescription("eval "+o.task), progressbar.OptionSetWriter(stderr),
-				progressbar.OptionShowCount(), progressbar.OptionSetItsString("examples"), progressbar.OptionShowIts(), progressbar.OptionSetPredictTime(true))
-		}
-		_ = bar.Set(done)
+	if len(lens) > 0 {
+		bar = newProgressBar(stderr, len(lens), "eval "+o.task)
+		eo.Progress = func(done, _ int) { _ = bar.Set(done) }
 	}
 	ev, err := train.EvaluateDownstream(ctx, task, ds, eo)
 	if err != nil {

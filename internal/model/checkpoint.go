@@ -18,20 +18,58 @@ const (
 	metaConfig  = "uniter_model_config"
 )
 
-// LoadReport says what a checkpoint load did not match. Neither list is an
+// LoadReport says what a checkpoint load did not match. No list is an
 // error: the reference only logs them (task models keep random heads,
 // pretraining heads are ignored by task models).
 type LoadReport struct {
-	Unexpected []string // keys in the file the model has no parameter for
-	Missing    []string // non-backbone parameters the file lacks (left as initialised)
+	// Unexpected are keys in the file the model has no parameter for that
+	// are not pretraining-head keys: truly unknown.
+	Unexpected []string
+	// PretrainHeads are the file's pretraining-head keys (MLM, MRFR, MRC,
+	// ITM: see NewPretrainHeads) the model has no parameter for: a
+	// pretraining checkpoint loaded for embedding or fine-tuning.
+	PretrainHeads []string
+	Missing       []string // non-backbone parameters the file lacks (left as initialised)
 	// MissingBackbone are backbone parameters the file lacks, left as
 	// initialised; only LoadInitStateDict accepts them.
 	MissingBackbone []string
 }
 
+// pretrainHeadPrefixes are the key prefixes of the pretraining heads that
+// NewPretrainHeads registers, with the head's name.
+var pretrainHeadPrefixes = []struct{ prefix, head string }{
+	{"cls.predictions.", "MLM"},
+	{"feat_regress.", "MRFR"},
+	{"region_classifier.", "MRC"},
+	{"itm_output.", "ITM"},
+}
+
+// pretrainHead returns the pretraining head a (canonical) key belongs to,
+// or "".
+func pretrainHead(key string) string {
+	for _, p := range pretrainHeadPrefixes {
+		if strings.HasPrefix(key, p.prefix) {
+			return p.head
+		}
+	}
+	return ""
+}
+
 // String is the one-line summary the CLI prints.
 func (r LoadReport) String() string {
 	var parts []string
+	if n := len(r.PretrainHeads); n > 0 {
+		var heads []string
+		for _, p := range pretrainHeadPrefixes {
+			for _, k := range r.PretrainHeads {
+				if pretrainHead(CanonicalKey(k)) == p.head {
+					heads = append(heads, p.head)
+					break
+				}
+			}
+		}
+		parts = append(parts, fmt.Sprintf("the checkpoint's pretraining heads (%s: %d tensors) are not used", strings.Join(heads, ", "), n))
+	}
 	if n := len(r.Unexpected); n > 0 {
 		parts = append(parts, fmt.Sprintf("%d unexpected keys ignored (%s)", n, firstNames(r.Unexpected)))
 	}
@@ -94,7 +132,11 @@ func (m *Model) loadStateDict(sd *ckpt.StateDict, source string, partial bool) (
 		name := CanonicalKey(key)
 		p := m.Params.Get(name)
 		if p == nil {
-			rep.Unexpected = append(rep.Unexpected, key)
+			if pretrainHead(name) != "" {
+				rep.PretrainHeads = append(rep.PretrainHeads, key)
+			} else {
+				rep.Unexpected = append(rep.Unexpected, key)
+			}
 			continue
 		}
 		if t.Float == nil {
