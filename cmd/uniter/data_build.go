@@ -42,6 +42,7 @@ type txtdbOpts struct {
 	captions, questions, annotations, ans2label string
 	nlvr2, snliVE, missingImgs                  string
 	vocab, toker, imgPrefix, out                string
+	quiet                                       bool
 }
 
 func newDataTxtdbCmd() *cobra.Command {
@@ -125,6 +126,7 @@ whole db is written.`,
 		" (built in), or any name with --vocab; recorded in meta.json; \"uncased\" in it turns on lowercasing")
 	f.StringVar(&o.imgPrefix, "img-prefix", "", "image name prefix for --captions and --questions, e.g. coco_train2014")
 	f.StringVar(&o.out, "out", "", "output txt_db directory (must not exist or be empty)")
+	f.BoolVar(&o.quiet, "quiet", false, "no progress bar, only the summary")
 	return cmd
 }
 
@@ -171,6 +173,10 @@ func runTxtdb(o txtdbOpts, progress io.Writer) error {
 	if vocabSrc == "" {
 		vocabSrc = "built-in " + o.toker
 	}
+	bar := progress
+	if o.quiet {
+		bar = io.Discard
+	}
 	meta, err := vocabMeta(tok.Vocab(), vocabSrc, o.toker)
 	if err != nil {
 		return err
@@ -200,14 +206,20 @@ func runTxtdb(o txtdbOpts, progress io.Writer) error {
 			return err
 		}
 	}
-	if err := writeTxtDB(o.out, meta, examples, sideFiles, progress); err != nil {
+	if err := writeTxtDB(o.out, meta, examples, sideFiles, bar); err != nil {
 		return err
 	}
+	// One line, as data imgdb prints: what was written where, and with
+	// which tokenizer, which every later command must match.
 	fmt.Fprintf(progress, "wrote %d examples to %s", len(examples), o.out)
 	if o.missingImgs != "" {
 		fmt.Fprintf(progress, " (left out %d with an image in %s)", skipped, o.missingImgs)
 	}
-	fmt.Fprintln(progress)
+	vocabDesc := "built-in vocabulary"
+	if o.vocab != "" {
+		vocabDesc = "vocabulary " + o.vocab
+	}
+	fmt.Fprintf(progress, ", tokenizer %s (%s, %d tokens)\n", o.toker, vocabDesc, tok.Vocab().Len())
 	return nil
 }
 
@@ -773,7 +785,9 @@ type imgdbOpts struct {
 	npzDir, out string
 	compressed  bool
 	skipCorrupt bool
+	quiet       bool
 	workers     int
+	labelDim    int
 	db          db.ImgDBOptions
 }
 
@@ -784,7 +798,7 @@ func newDataImgdbCmd() *cobra.Command {
 		Short: "Build an official-format img_db from per-image .npz region features",
 		Long: `imgdb converts a directory of per-image .npz files (the BUTD extractor's
 output: norm_bb [N,6], features [N,D], conf [N] or [N,1], soft_labels
-[N,L]; float32 or float16) into an img_db as the official convert_imgdir.py
+[N,1601]; float32 or float16) into an img_db as the official convert_imgdir.py
 does: arrays stored as fp16, regions sorted by confidence truncated to
 nbb = min(max_bb, max(min_bb, #(conf > conf_th))), values msgpack-numpy (or
 np.savez_compressed with --compressed), the __keys__ list, and the nbb json.
@@ -796,9 +810,18 @@ With --conf-th -1 every region counts: an image keeps min(N, max_bb) of its
 N regions and no nbb json is written, exactly as the official converter, so
 ground-truth dbs of a few boxes an image build too; --num-bb only names the
 directory (readers then take at most num_bb regions an image). Images are
-written in file-name order. The LMDB is built in a hidden temporary
-directory and moved into place at the end: a failed build leaves nothing
-that looks like a db.`,
+written in file-name order.
+
+Every file is checked as it is read: each array present, with N rows,
+features D columns (--img-dim, else the first image's), norm_bb 6 and
+soft_labels --label-dim (1601, the Visual Genome classes MRC predicts;
+--label-dim 0 accepts files without soft labels). A file that fails, or
+cannot be read, stops the build with an error naming it, the array and
+the shape found and wanted; with --skip-corrupt it is reported and left
+out instead. The db is built in a hidden temporary directory beside DIR
+(or beside its LMDB sub-directory when DIR already holds other layouts)
+and moved into place at the end: a failed build leaves nothing that
+looks like a db, so the same command can simply be run again.`,
 		Example: `  uniter data imgdb --npz-dir /feats/coco_val2014 --out img_db/coco_val2014
   uniter data imgdb --npz-dir /feats/nlvr2_dev --out img_db/nlvr2_dev --compressed
   uniter data imgdb --npz-dir /feats/vcr --out img_db/vcr --conf-th -1 --num-bb 100`,
@@ -814,7 +837,9 @@ that looks like a db.`,
 	registerImgDBFlags(f, &o.db)
 	f.BoolVar(&o.db.KeepAll, "keep-all", false, "keep every region (the \"all\" layout)")
 	f.IntVar(&o.db.ImgDim, "img-dim", 0, "required feature size (0: any, but the same for every image)")
-	f.BoolVar(&o.skipCorrupt, "skip-corrupt", false, "report unreadable .npz files and go on, as the official converter does")
+	f.IntVar(&o.labelDim, "label-dim", data.LabelDim, "soft_labels classes every .npz must have (0: soft_labels not required; mrc and mrckl need them)")
+	f.BoolVar(&o.skipCorrupt, "skip-corrupt", false, "report unreadable or malformed .npz files and go on, as the official converter does")
+	f.BoolVar(&o.quiet, "quiet", false, "no progress bar, only the summary (and any skipped files)")
 	f.IntVar(&o.workers, "workers", runtime.NumCPU(), "goroutines reading .npz files")
 	return cmd
 }
@@ -844,21 +869,36 @@ func runImgdb(o imgdbOpts, progress io.Writer) error {
 		return fmt.Errorf("data imgdb: --npz-dir %s: no .npz files", o.npzDir)
 	}
 	sort.Strings(names)
+	if o.labelDim < 0 {
+		return fmt.Errorf("data imgdb: --label-dim %d: want >= 0", o.labelDim)
+	}
 	w, err := db.CreateImgDB(o.out, o.db, o.compressed)
 	if err != nil {
 		return err
 	}
-	bar := newProgress(progress, len(names), "img_db")
-	written := 0
+	barOut, nl := progress, "\n" // nl ends the bar's line before a report
+	if o.quiet {
+		barOut, nl = io.Discard, ""
+	}
+	bar := newProgress(barOut, len(names), "img_db")
+	shapes := npzShapes{dim: o.db.ImgDim, labels: o.labelDim}
+	if shapes.dim > 0 {
+		shapes.dimFrom = fmt.Sprintf("--img-dim %d", shapes.dim)
+	}
+	written, skipped := 0, 0
 	err = readNpzOrdered(names, max(1, o.workers), func(path string, l loaded) error {
 		bar.Add(1)
+		if l.err == nil {
+			l.err = shapes.check(path, l.raw)
+		}
 		if l.err != nil {
 			err := fmt.Errorf("data imgdb: %s: %w", path, l.err)
 			if o.skipCorrupt {
-				fmt.Fprintf(progress, "\nskipping %v\n", err)
+				skipped++
+				fmt.Fprintf(progress, "%sskipping %v\n", nl, err)
 				return nil
 			}
-			return err
+			return fmt.Errorf("%w; nothing written (--skip-corrupt leaves bad files out)", err)
 		}
 		if _, err := w.Put(filepath.Base(path), l.raw); err != nil {
 			return fmt.Errorf("data imgdb: %s: %w", path, err)
@@ -866,6 +906,9 @@ func runImgdb(o imgdbOpts, progress io.Writer) error {
 		written++
 		return nil
 	})
+	if err == nil && written == 0 {
+		err = fmt.Errorf("data imgdb: --npz-dir %s: all %d .npz files were skipped; nothing written", o.npzDir, skipped)
+	}
 	if err != nil {
 		w.Abort()
 		return err
@@ -874,7 +917,47 @@ func runImgdb(o imgdbOpts, progress io.Writer) error {
 	if err := w.Close(); err != nil {
 		return err
 	}
-	fmt.Fprintf(progress, "wrote %d images to %s\n", written, w.Path())
+	fmt.Fprintf(progress, "wrote %d images to %s (%d-d features", written, w.Path(), shapes.dim)
+	if shapes.labels > 0 {
+		fmt.Fprintf(progress, ", %d-way soft_labels", shapes.labels)
+	}
+	fmt.Fprint(progress, ")")
+	if skipped > 0 {
+		fmt.Fprintf(progress, ", skipped %d bad .npz", skipped)
+	}
+	fmt.Fprintln(progress)
+	return nil
+}
+
+// npzShapes checks each extractor .npz against what the img_db's readers
+// need, so that a file that would only fail at training or eval time (no
+// soft_labels for MRC, another feature size) fails the build instead,
+// naming itself. ReadRawNpz has already checked that every array has the
+// features' N rows and norm_bb 6 columns.
+type npzShapes struct {
+	// dim is the feature size every image must have: --img-dim, else the
+	// first image's (dimFrom says which, for errors); 0 until known.
+	dim     int
+	dimFrom string
+	// labels is the soft_labels width every image must have, 0: any or none.
+	labels int
+}
+
+func (s *npzShapes) check(path string, raw db.RawImage) error {
+	if s.dim > 0 && raw.D != s.dim {
+		return fmt.Errorf("features shape [%d %d], want [%d %d] (%s)", raw.N, raw.D, raw.N, s.dim, s.dimFrom)
+	}
+	if s.labels > 0 {
+		if raw.SoftLabels == nil {
+			return fmt.Errorf("no soft_labels array, want [%d %d] (--label-dim %d; --label-dim 0 builds a db without them, which mrc and mrckl cannot train on)", raw.N, s.labels, s.labels)
+		}
+		if raw.L != s.labels {
+			return fmt.Errorf("soft_labels shape [%d %d], want [%d %d] (--label-dim %d)", raw.N, raw.L, raw.N, s.labels, s.labels)
+		}
+	}
+	if s.dim == 0 {
+		s.dim, s.dimFrom = raw.D, "the feature size of "+filepath.Base(path)+", the first image"
+	}
 	return nil
 }
 

@@ -41,7 +41,7 @@ func TestImgdbMatchesOfficialConverter(t *testing.T) {
 	defer official.Close()
 	for _, compressed := range []bool{false, true} {
 		out := filepath.Join(t.TempDir(), "img_db")
-		args := []string{"imgdb", "--npz-dir", npzFixtures, "--out", out, "--workers", "3"}
+		args := []string{"imgdb", "--npz-dir", npzFixtures, "--out", out, "--workers", "3", "--label-dim", "7"}
 		if compressed {
 			args = append(args, "--compressed")
 		}
@@ -85,7 +85,7 @@ func TestImgdbMatchesOfficialConverter(t *testing.T) {
 
 func TestImgdbLayoutsAndErrors(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "numbb")
-	if log, err := runCmd(t, "imgdb", "--npz-dir", npzFixtures, "--out", out, "--conf-th", "-1", "--num-bb", "4"); err != nil {
+	if log, err := runCmd(t, "imgdb", "--npz-dir", npzFixtures, "--out", out, "--conf-th", "-1", "--num-bb", "4", "--label-dim", "7"); err != nil {
 		t.Fatalf("%v\n%s", err, log)
 	}
 	o := db.DefaultImgDBOptions()
@@ -118,7 +118,7 @@ func TestImgdbLayoutsAndErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	failed := filepath.Join(t.TempDir(), "x")
-	_, err = runCmd(t, "imgdb", "--npz-dir", dir, "--out", failed)
+	_, err = runCmd(t, "imgdb", "--npz-dir", dir, "--out", failed, "--label-dim", "7")
 	if err == nil || !strings.Contains(err.Error(), bad) {
 		t.Fatalf("corrupt file error %v does not name %s", err, bad)
 	}
@@ -126,7 +126,7 @@ func TestImgdbLayoutsAndErrors(t *testing.T) {
 		t.Errorf("a failed build left %v", ents)
 	}
 	out = filepath.Join(t.TempDir(), "skip")
-	log, err := runCmd(t, "imgdb", "--npz-dir", dir, "--out", out, "--skip-corrupt", "--keep-all")
+	log, err := runCmd(t, "imgdb", "--npz-dir", dir, "--out", out, "--skip-corrupt", "--keep-all", "--label-dim", "7")
 	if err != nil || !strings.Contains(log, "skipping") || !strings.Contains(log, "wrote 2 images") {
 		t.Fatalf("--skip-corrupt: %v\n%s", err, log)
 	}
@@ -149,7 +149,8 @@ func TestImgdbLayoutsAndErrors(t *testing.T) {
 		{[]string{"imgdb", "--out", "x"}, "--npz-dir is required"},
 		{[]string{"imgdb", "--npz-dir", t.TempDir(), "--out", "x"}, "no .npz files"},
 		{[]string{"imgdb", "--npz-dir", dir, "--out", "x", "--min-bb", "5", "--max-bb", "2"}, "--min-bb 5 and --max-bb 2"},
-		{[]string{"imgdb", "--npz-dir", npzFixtures, "--out", filepath.Join(t.TempDir(), "d"), "--img-dim", "2048"}, "feature size 32, want 2048"},
+		{[]string{"imgdb", "--npz-dir", npzFixtures, "--out", filepath.Join(t.TempDir(), "d"), "--img-dim", "2048", "--label-dim", "7"}, "features shape [14 32], want [14 2048] (--img-dim 2048)"},
+		{[]string{"imgdb", "--npz-dir", npzFixtures, "--out", "x", "--label-dim", "-1"}, "--label-dim -1: want >= 0"},
 	} {
 		_, err := runCmd(t, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -159,8 +160,16 @@ func TestImgdbLayoutsAndErrors(t *testing.T) {
 }
 
 // writeGTNpz writes a ground-truth style extractor .npz: n boxes, all of
-// confidence 1, float32 as the extractor writes them.
+// confidence 1, with 1601-way soft labels, float32 as the extractor writes
+// them.
 func writeGTNpz(t *testing.T, path string, n, dim int) {
+	t.Helper()
+	writeNpz(t, path, n, dim, 1601)
+}
+
+// writeNpz writes an extractor .npz of n boxes with dim-d features and
+// labels-way soft labels (none when labels is 0).
+func writeNpz(t *testing.T, path string, n, dim, labels int) {
 	t.Helper()
 	f32 := func(rows, cols int, v func(i int) float32) db.Array {
 		b := make([]byte, 4*rows*cols)
@@ -171,11 +180,15 @@ func writeGTNpz(t *testing.T, path string, n, dim int) {
 	}
 	conf := f32(n, 1, func(int) float32 { return 1 })
 	conf.Shape = []int{n}
-	b, err := db.EncodeImgValue(map[string]db.Array{
+	arrays := map[string]db.Array{
 		"features": f32(n, dim, func(i int) float32 { return float32(i%97) / 8 }),
 		"norm_bb":  f32(n, 6, func(i int) float32 { return float32(i%6) / 8 }),
 		"conf":     conf,
-	}, true)
+	}
+	if labels > 0 {
+		arrays["soft_labels"] = f32(n, labels, func(i int) float32 { return float32(i%labels) / float32(labels*labels) })
+	}
+	b, err := db.EncodeImgValue(arrays, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,6 +438,174 @@ func TestNormalizeVQAAnswer(t *testing.T) {
 	for n, want := range map[int]float64{0: 0, 1: 0.3, 2: 0.6, 3: 0.9, 4: 1, 10: 1} {
 		if got := vqaScore(n); got != want {
 			t.Errorf("vqaScore(%d) = %v, want %v", n, got, want)
+		}
+	}
+}
+
+// copyFixtures copies the extractor .npz fixtures into a new directory.
+func copyFixtures(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, n := range []string{"img_a.npz", "img_b.npz"} {
+		b, err := os.ReadFile(filepath.Join(npzFixtures, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, n), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// entries lists a directory's names, hidden ones included; none when it
+// does not exist.
+func entries(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// TestDataImgdbTruncatedNpzLeavesNothing stops a build at a truncated
+// .npz: no output directory is left, not even an empty one or a hidden
+// staging directory beside it, so the retry with --skip-corrupt just works;
+// a complete db is then refused; and a failed build of a second layout
+// into it leaves the first as it was.
+func TestDataImgdbTruncatedNpzLeavesNothing(t *testing.T) {
+	dir := copyFixtures(t)
+	b, err := os.ReadFile(filepath.Join(dir, "img_b.npz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "img_c.npz")
+	if err := os.WriteFile(bad, b[:len(b)*2/3], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	parent := t.TempDir()
+	out := filepath.Join(parent, "img_db")
+	args := []string{"imgdb", "--npz-dir", dir, "--out", out, "--label-dim", "7"}
+	_, err = runCmd(t, args...)
+	if err == nil || !strings.Contains(err.Error(), bad+": ") || !strings.Contains(err.Error(), "nothing written (--skip-corrupt leaves bad files out)") {
+		t.Fatalf("truncated .npz: error %v", err)
+	}
+	if left := entries(t, parent); len(left) != 0 {
+		t.Fatalf("the failed build left %v in %s", left, parent)
+	}
+
+	log, err := runCmd(t, append(args, "--skip-corrupt")...)
+	if err != nil {
+		t.Fatalf("retry with --skip-corrupt: %v\n%s", err, log)
+	}
+	want := "wrote 2 images to " + filepath.Join(out, "feat_th0.2_max100_min10") + " (32-d features, 7-way soft_labels), skipped 1 bad .npz\n"
+	if !strings.Contains(log, "skipping data imgdb: "+bad+": ") || !strings.Contains(log, want) {
+		t.Errorf("retry log:\n%s\nwant %q", log, want)
+	}
+	d, err := db.OpenImgDB(out, db.DefaultImgDBOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if names, err := d.Names(); err != nil || !reflect.DeepEqual(names, []string{"img_a.npz", "img_b.npz"}) {
+		t.Errorf("names %v, %v", names, err)
+	}
+	d.Close()
+	complete := []string{"feat_th0.2_max100_min10", "nbb_th0.2_max100_min10.json"}
+	if got := entries(t, out); !reflect.DeepEqual(got, complete) {
+		t.Errorf("%s holds %v, want %v", out, got, complete)
+	}
+
+	// A complete db is refused, as before.
+	_, err = runCmd(t, append(args, "--skip-corrupt")...)
+	if err == nil || !strings.Contains(err.Error(), "already exists and is not empty (remove it to rebuild)") {
+		t.Errorf("rebuilding over a complete db: %v", err)
+	}
+	// Another layout beside it: a failure leaves the db as it was.
+	if _, err := runCmd(t, append(args, "--compressed")...); err == nil {
+		t.Fatal("compressed build with a truncated .npz succeeded")
+	}
+	if got := entries(t, out); !reflect.DeepEqual(got, complete) {
+		t.Errorf("after a failed second layout %s holds %v, want %v", out, got, complete)
+	}
+	if log, err := runCmd(t, append(args, "--compressed", "--skip-corrupt")...); err != nil {
+		t.Fatalf("%v\n%s", err, log)
+	}
+	if got, want := entries(t, out), append(complete[:1:1], "feat_th0.2_max100_min10_compressed", complete[1]); !reflect.DeepEqual(got, want) {
+		t.Errorf("%s holds %v, want %v", out, got, want)
+	}
+}
+
+// TestDataImgdbChecksArrays builds from a good .npz and a bad one: a missing
+// soft_labels, the wrong soft_labels width or feature size is one error at
+// build time naming the file, the array and the shapes, nothing is
+// written, and --skip-corrupt leaves the file out.
+func TestDataImgdbChecksArrays(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		dim, labels     int
+		want            string
+		extra           []string
+		acceptedByExtra bool
+	}{
+		{"no soft_labels", 16, 0, "no soft_labels array, want [12 1601] (--label-dim 1601; --label-dim 0 builds a db without them, which mrc and mrckl cannot train on)", []string{"--label-dim", "0"}, true},
+		{"narrow soft_labels", 16, 1600, "soft_labels shape [12 1600], want [12 1601] (--label-dim 1601)", []string{"--label-dim", "1600"}, false},
+		{"feature size", 32, 1601, "features shape [12 32], want [12 16] (the feature size of a.npz, the first image)", []string{"--img-dim", "16"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeNpz(t, filepath.Join(dir, "a.npz"), 12, 16, 1601)
+			bad := filepath.Join(dir, "b.npz")
+			writeNpz(t, bad, 12, tc.dim, tc.labels)
+			out := filepath.Join(t.TempDir(), "img_db")
+			_, err := runCmd(t, "imgdb", "--npz-dir", dir, "--out", out)
+			want := "data imgdb: " + bad + ": " + tc.want + "; nothing written"
+			if err == nil || !strings.HasPrefix(err.Error(), want) {
+				t.Fatalf("error %v\nwant %s", err, want)
+			}
+			if _, err := os.Stat(out); !os.IsNotExist(err) {
+				t.Errorf("the failed build left %s (%v)", out, err)
+			}
+			log, err := runCmd(t, "imgdb", "--npz-dir", dir, "--out", out, "--skip-corrupt")
+			if err != nil || !strings.Contains(log, "skipping data imgdb: "+bad+": "+tc.want+"\n") || !strings.Contains(log, "wrote 1 images to ") {
+				t.Fatalf("--skip-corrupt: %v\n%s", err, log)
+			}
+			// The flag that names the wanted shape moves the blame to a.npz
+			// or, for --label-dim 0, accepts both.
+			_, err = runCmd(t, append([]string{"imgdb", "--npz-dir", dir, "--out", filepath.Join(t.TempDir(), "x")}, tc.extra...)...)
+			if tc.acceptedByExtra != (err == nil) {
+				t.Errorf("%v: %v", tc.extra, err)
+			}
+		})
+	}
+	dir := t.TempDir()
+	writeNpz(t, filepath.Join(dir, "a.npz"), 12, 16, 0)
+	_, err := runCmd(t, "imgdb", "--npz-dir", dir, "--out", filepath.Join(t.TempDir(), "x"), "--skip-corrupt")
+	if err == nil || !strings.Contains(err.Error(), "all 1 .npz files were skipped; nothing written") {
+		t.Errorf("every file skipped: %v", err)
+	}
+}
+
+// TestDataImgdbQuiet: --quiet prints the summary line without the progress bar.
+func TestDataImgdbQuiet(t *testing.T) {
+	for _, quiet := range []bool{false, true} {
+		args := []string{"imgdb", "--npz-dir", npzFixtures, "--out", filepath.Join(t.TempDir(), "img_db"), "--label-dim", "7"}
+		if quiet {
+			args = append(args, "--quiet")
+		}
+		log, err := runCmd(t, args...)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, log)
+		}
+		if bar := strings.Contains(log, "it/s"); bar == quiet || !strings.Contains(log, "wrote 2 images to ") {
+			t.Errorf("quiet %v: log %q", quiet, log)
+		}
+		if quiet && strings.Count(log, "\n") != 1 {
+			t.Errorf("--quiet printed more than the summary: %q", log)
 		}
 	}
 }

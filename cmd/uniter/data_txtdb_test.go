@@ -276,3 +276,41 @@ func TestTxtdbVocabOverride(t *testing.T) {
 		t.Errorf("input_ids %v", ids)
 	}
 }
+
+// TestDataTxtdbSummaryAndQuiet: txtdb ends with one summary line naming
+// the count, the db and the tokenizer; --quiet leaves out the progress bar.
+func TestDataTxtdbSummaryAndQuiet(t *testing.T) {
+	dir := t.TempDir()
+	vocab := testVocab(t, dir)
+	caps := writeFile(t, dir, "captions.json", `{"annotations": [
+		{"id": 1, "image_id": 9, "caption": "a cat"}, {"id": 2, "image_id": 9, "caption": "the mat"}]}`)
+	for _, quiet := range []bool{false, true} {
+		out := filepath.Join(t.TempDir(), "txt_db")
+		args := []string{"txtdb", "--captions", caps, "--vocab", vocab, "--img-prefix", "coco_val2014", "--out", out}
+		if quiet {
+			args = append(args, "--quiet")
+		}
+		log, err := runCmd(t, args...)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, log)
+		}
+		want := "wrote 2 examples to " + out + ", tokenizer bert-base-cased (vocabulary " + vocab + ", 118 tokens)\n"
+		if !strings.HasSuffix(log, want) {
+			t.Errorf("quiet %v: log %q, want it to end %q", quiet, log, want)
+		}
+		if bar := strings.Contains(log, "it/s"); bar == quiet {
+			t.Errorf("quiet %v: progress bar shown %v: %q", quiet, bar, log)
+		}
+		if quiet && log != want {
+			t.Errorf("--quiet printed more than the summary: %q", log)
+		}
+	}
+	// A trailing slash on --out (shell completion adds one) stages beside
+	// the directory, not inside it.
+	out := filepath.Join(t.TempDir(), "u")
+	log, err := runCmd(t, "txtdb", "--captions", caps, "--toker", "bert-base-uncased", "--img-prefix", "p", "--out", out+"/", "--quiet")
+	if err != nil || !strings.Contains(log, ", tokenizer bert-base-uncased (built-in vocabulary, 30522 tokens)\n") {
+		t.Errorf("built-in vocabulary: %v: %q", err, log)
+	}
+	openTxtDB(t, out)
+}

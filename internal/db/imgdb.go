@@ -133,6 +133,11 @@ type ImgDB struct {
 	name2nbb   map[string]int // from the nbb json, when present
 	computed   sync.Map       // fname -> nbb computed from conf
 	dim        atomic.Int64
+
+	// names is read on the first lookup of a name the db lacks, to suggest
+	// the closest names it holds; lookups that succeed never pay for it.
+	namesOnce sync.Once
+	names     []string
 }
 
 // Image is one image's regions, truncated to its nbb rows and converted
@@ -389,7 +394,7 @@ func (d *ImgDB) view(fname string, want []string, fn func(map[string]Array) erro
 	case fnErr != nil:
 		return fnErr
 	case errors.Is(err, lmdb.ErrNotFound):
-		return d.errorf(fname, "image not in db")
+		return d.errorf(fname, "image not in db%s", d.closestNames(fname))
 	case err != nil:
 		return fmt.Errorf("img_db %s: %w", d.path, err)
 	}
@@ -535,6 +540,88 @@ func (d *ImgDB) checkDim(fname string, dim int) error {
 		return d.errorf(fname, "feature size %d, want %d (from %s)", dim, want, src)
 	}
 	return nil
+}
+
+// maxSuggestions is how many names a missing-image error lists.
+const maxSuggestions = 3
+
+// closestNames lists, for the error on a name the db lacks, the names it
+// holds closest to fname: those equal but for case first (the usual slip,
+// COCO_train2014_... for coco_train2014_...), then by edit distance, ties
+// in name order. It returns "" when the db lists no names.
+func (d *ImgDB) closestNames(fname string) string {
+	d.namesOnce.Do(func() {
+		names, err := d.Names()
+		if err != nil {
+			return
+		}
+		d.names = slices.DeleteFunc(names, func(n string) bool { return n == keysKey })
+	})
+	if len(d.names) == 0 {
+		return ""
+	}
+	type cand struct {
+		name string
+		dist int // edit distance ignoring case
+	}
+	want := []rune(strings.ToLower(fname))
+	var best []cand
+	for _, n := range d.names {
+		// Once the list is full a name needs only its distance bounded by
+		// the worst listed, which cuts most rows short.
+		bound := math.MaxInt
+		if len(best) == maxSuggestions {
+			bound = best[maxSuggestions-1].dist + 1
+		}
+		c := cand{n, editDistance(want, []rune(strings.ToLower(n)), bound)}
+		if c.dist >= bound {
+			continue
+		}
+		i, _ := slices.BinarySearchFunc(best, c, func(a, b cand) int {
+			if a.dist != b.dist {
+				return a.dist - b.dist
+			}
+			return strings.Compare(a.name, b.name)
+		})
+		if i < maxSuggestions {
+			best = slices.Insert(best, i, c)[:min(len(best)+1, maxSuggestions)]
+		}
+	}
+	quoted := make([]string, len(best))
+	for i, c := range best {
+		quoted[i] = strconv.Quote(c.name)
+	}
+	return fmt.Sprintf("; closest of its %d names: %s", len(d.names), strings.Join(quoted, ", "))
+}
+
+// editDistance is the Levenshtein distance of a and b, or any value >=
+// bound once it is known to reach bound.
+func editDistance(a, b []rune, bound int) int {
+	if d := len(a) - len(b); d >= bound || -d >= bound {
+		return bound
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		rowMin := cur[0]
+		for j := 1; j <= len(b); j++ {
+			sub := prev[j-1]
+			if a[i-1] != b[j-1] {
+				sub++
+			}
+			cur[j] = min(sub, prev[j]+1, cur[j-1]+1)
+			rowMin = min(rowMin, cur[j])
+		}
+		if rowMin >= bound {
+			return bound
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // Close closes the LMDB environment; no Get may be in flight.

@@ -58,14 +58,18 @@ func f16Array(v []float16.Float16, rows, cols int) Array {
 	return Array{Dtype: "<f2", Shape: []int{rows, cols}, Data: data}
 }
 
-// ImgWriter builds an img_db. It is not safe for concurrent use. The LMDB
-// is written to a hidden temporary directory beside its final place and
+// ImgWriter builds an img_db. It is not safe for concurrent use. The db is
+// written to a hidden temporary directory beside its final place and
 // moved there by Close, so a build that fails, or is abandoned with Abort,
-// leaves nothing that looks like a db.
+// leaves nothing that looks like a db: when dir is absent or empty the
+// whole of dir (LMDB and nbb json) is staged and appears in one rename;
+// when dir already holds other layouts only the new LMDB sub-directory is
+// staged, and the nbb json follows it.
 type ImgWriter struct {
 	dir        string
 	path       string
-	tmp        string
+	stage      string // the hidden directory being built
+	final      string // where Close moves stage: dir or path
 	opts       ImgDBOptions
 	layout     layoutKind
 	compressed bool
@@ -91,16 +95,29 @@ func CreateImgDB(dir string, opts ImgDBOptions, compressed bool) (*ImgWriter, er
 		sub += "_compressed"
 	}
 	w.path = filepath.Join(dir, sub)
-	tmp, err := StageDir(w.path)
-	if err != nil {
-		return nil, fmt.Errorf("img_db %w", err)
+	envDir := ""
+	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
+		// dir holds other layouts (the official img_dbs keep several side
+		// by side): stage only the new sub-directory, which must be free.
+		w.final = w.path
+		if w.stage, err = StageDir(w.path); err != nil {
+			return nil, fmt.Errorf("img_db %w", err)
+		}
+		envDir = w.stage
+	} else {
+		// A failed build then leaves not even an empty dir behind.
+		w.final = dir
+		if w.stage, err = StageDir(dir); err != nil {
+			return nil, fmt.Errorf("img_db %w", err)
+		}
+		envDir = filepath.Join(w.stage, sub)
 	}
-	env, err := lmdb.Create(tmp, lmdb.Options{})
+	env, err := lmdb.Create(envDir, lmdb.Options{})
 	if err != nil {
-		os.RemoveAll(tmp)
+		os.RemoveAll(w.stage)
 		return nil, fmt.Errorf("img_db %s: %w", dir, err)
 	}
-	w.tmp, w.env = tmp, env
+	w.env = env
 	return w, nil
 }
 
@@ -110,6 +127,9 @@ func CreateImgDB(dir string, opts ImgDBOptions, compressed bool) (*ImgWriter, er
 // CommitDir then moves to final. final must not exist, or be an empty
 // directory. Errors start with final.
 func StageDir(final string) (string, error) {
+	// Without Clean "out/" would split into parent "out/" and base "",
+	// staging inside final instead of beside it.
+	final = filepath.Clean(final)
 	if ents, err := os.ReadDir(final); err == nil && len(ents) > 0 {
 		return "", fmt.Errorf("%s: already exists and is not empty (remove it to rebuild)", final)
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -136,6 +156,7 @@ func StageDir(final string) (string, error) {
 // CommitDir moves the directory tmp that StageDir returned to final; on
 // error tmp is left for the caller to remove. Errors start with final.
 func CommitDir(tmp, final string) error {
+	final = filepath.Clean(final)
 	// os.Rename refuses to replace a directory, even an empty one; Remove
 	// deletes only an empty one, which StageDir allowed.
 	if err := os.Remove(final); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -207,21 +228,22 @@ func (w *ImgWriter) Put(fname string, raw RawImage) (int, error) {
 	return nbb, nil
 }
 
-// Close stores __keys__ (every name, in put order), commits the LMDB
-// environment, moves it to Path and, for the feat_th layout, writes the nbb
-// json atomically. On error nothing is left at Path. The "all" layout gets
-// no nbb json: the official reader takes its presence to mean a feat_th
-// sub-directory exists.
+// Close stores __keys__ (every name, in put order), commits and closes the
+// LMDB environment (LMDB must not be open across the rename), writes the
+// nbb json for the feat_th layout and moves the db into place. On error
+// nothing is left at Path, nor at dir when Create found it absent or
+// empty. The "all" layout gets no nbb json: the official reader takes its
+// presence to mean a feat_th sub-directory exists.
 func (w *ImgWriter) Close() error {
 	if w.closed {
 		return nil
 	}
 	w.closed = true
 	if err := w.commit(); err != nil {
-		os.RemoveAll(w.tmp)
+		os.RemoveAll(w.stage)
 		return err
 	}
-	if w.layout == layoutTh {
+	if w.layout == layoutTh && w.final == w.path {
 		if err := writeJSONAtomic(filepath.Join(w.dir, w.opts.NBBFile()), w.name2nbb); err != nil {
 			os.RemoveAll(w.path)
 			return fmt.Errorf("img_db %s: %w", w.dir, err)
@@ -233,6 +255,7 @@ func (w *ImgWriter) Close() error {
 func (w *ImgWriter) commit() error {
 	keys, err := json.Marshal(append([]string{}, w.names...))
 	if err != nil {
+		w.env.Close()
 		return fmt.Errorf("img_db %s: %w", w.path, err)
 	}
 	if err := w.env.Put([]byte(keysKey), keys); err != nil {
@@ -242,7 +265,13 @@ func (w *ImgWriter) commit() error {
 	if err := w.env.Close(); err != nil {
 		return fmt.Errorf("img_db %s: %w", w.path, err)
 	}
-	if err := CommitDir(w.tmp, w.path); err != nil {
+	if w.layout == layoutTh && w.final == w.dir {
+		// Staged with the LMDB, so both appear in the one rename.
+		if err := writeJSONAtomic(filepath.Join(w.stage, w.opts.NBBFile()), w.name2nbb); err != nil {
+			return fmt.Errorf("img_db %s: %w", w.dir, err)
+		}
+	}
+	if err := CommitDir(w.stage, w.final); err != nil {
 		return fmt.Errorf("img_db %w", err)
 	}
 	return nil
@@ -256,5 +285,5 @@ func (w *ImgWriter) Abort() {
 	}
 	w.closed = true
 	w.env.Close()
-	os.RemoveAll(w.tmp)
+	os.RemoveAll(w.stage)
 }

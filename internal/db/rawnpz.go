@@ -40,6 +40,7 @@ func rawFromArrays(arrays map[string]Array) (RawImage, error) {
 	}
 	fields := []field{{"features", r.D, &r.Features}, {"norm_bb", 6, &r.NormBB}, {"conf", 1, &r.Conf}}
 	if sl, ok := arrays["soft_labels"]; ok {
+		r.L = -1 // a shape other than [N, L] is reported below
 		if len(sl.Shape) == 2 {
 			r.L = sl.Shape[1]
 		}
@@ -52,7 +53,14 @@ func rawFromArrays(arrays map[string]Array) (RawImage, error) {
 			ok = true
 		}
 		if !ok {
-			return RawImage{}, fmt.Errorf("%s shape %v does not match features %v", f.name, a.Shape, feat.Shape)
+			want := fmt.Sprintf("[%d, %d]", r.N, f.cols)
+			switch {
+			case f.name == "conf":
+				want = fmt.Sprintf("[%d] or [%d, 1]", r.N, r.N)
+			case f.cols < 0:
+				want = fmt.Sprintf("[%d, L]", r.N)
+			}
+			return RawImage{}, fmt.Errorf("%s shape %v, want %s to match features %v", f.name, a.Shape, want, feat.Shape)
 		}
 		v, err := toFloat16(a)
 		if err != nil {
@@ -83,5 +91,5 @@ func toFloat16(a Array) ([]float16.Float16, error) {
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("unsupported dtype %q", a.Dtype)
+	return nil, fmt.Errorf("unsupported dtype %q (want float16 or float32)", a.Dtype)
 }

@@ -484,8 +484,9 @@ func TestReadRawNpzErrors(t *testing.T) {
 	}{
 		"no conf":      {map[string]Array{"features": f32(3, 4), "norm_bb": f32(3, 6)}, "no conf array"},
 		"1-d features": {map[string]Array{"features": f32(3), "norm_bb": f32(3, 6), "conf": f32(3)}, "features shape [3]"},
-		"bb rows":      {map[string]Array{"features": f32(3, 4), "norm_bb": f32(2, 6), "conf": f32(3)}, "norm_bb shape [2 6] does not match features [3 4]"},
-		"soft 1-d":     {map[string]Array{"features": f32(3, 4), "norm_bb": f32(3, 6), "conf": f32(3), "soft_labels": f32(3)}, "soft_labels shape [3]"},
+		"bb rows":      {map[string]Array{"features": f32(3, 4), "norm_bb": f32(2, 6), "conf": f32(3)}, "norm_bb shape [2 6], want [3, 6] to match features [3 4]"},
+		"conf 2-d":     {map[string]Array{"features": f32(3, 4), "norm_bb": f32(3, 6), "conf": f32(3, 2)}, "conf shape [3 2], want [3] or [3, 1]"},
+		"soft 1-d":     {map[string]Array{"features": f32(3, 4), "norm_bb": f32(3, 6), "conf": f32(3), "soft_labels": f32(3)}, "soft_labels shape [3], want [3, L]"},
 	} {
 		b, err := encodeNpz(orderedNames(tc.arrays), tc.arrays, true)
 		if err != nil {
