@@ -6,7 +6,8 @@ This is the counterpart of `uniter bench`:
     no pooler), fp32;
   * synthetic batch: every example has the same text length --txt-len
     (counting [CLS]/[SEP]) and --nbb regions, so S = txt_len + nbb and
-    gather_index is the compact joint layout of spec 1.5 (here an identity);
+    gather_index is the compact joint layout of docs/data.md, "Batches"
+    (here an identity);
     image inputs without img_masks;
   * --mode fwd: eval mode (dropout off) under torch.no_grad(), plus the
     pooler (negligible; the Go forward computes it too);

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """PyTorch reference of the UNITER fine-tuning heads for the Go port.
 
-Written from shared/spec/UNITER_REFERENCE.md (sections 2 and 6) and from the
+Written from docs/tasks.md ("Fine-tuning tasks") and from the
 behaviour of the official code (ChenRocks/UNITER: model/vqa.py, model/ve.py,
 model/nlvr2.py, model/attention.py, train_vqa.py, train_nlvr2.py).  Module
 attribute names are chosen so that state_dict() keys are exactly the official

@@ -2,7 +2,7 @@
 """PyTorch reference values for the Go pretraining tasks (internal/tasks).
 
 Computes every pretraining loss the way the official UNITER code reduces it
-(shared/spec/UNITER_REFERENCE.md sections 3.2-3.4; model/pretrain.py,
+(docs/tasks.md, "Pretraining tasks"; model/pretrain.py,
 model/ot.py and pretrain.py of ChenRocks/UNITER) and its gradient, in fp32,
 and writes them with torch.save as flat dicts of contiguous tensors (fp32
 floats, int64 ints) that the Go reader ckpt.ReadTorch loads:
@@ -56,7 +56,7 @@ def leaf(x):
 
 
 # --------------------------------------------------------------------------
-# WRA (reference 3.4, as model/ot.py computes it)
+# WRA (docs/tasks.md, "Pretraining tasks"; as model/ot.py computes it)
 # --------------------------------------------------------------------------
 def ot_cost(txt, img, eps=OT_EPS):
     """1 - cosine similarity of every text row with every region row,

@@ -3,8 +3,8 @@
 
 This file mirrors the module structure of the official implementation
 (ChenRocks/UNITER: model/model.py, model/layer.py, model/pretrain.py) so that
-`state_dict()` keys are exactly the official checkpoint names (spec section 2
-of shared/spec/UNITER_REFERENCE.md).  Differences from the official code, none
+`state_dict()` keys are exactly the official checkpoint names (those of the
+released uniter-base.pt and uniter-large.pt).  Differences from the official code, none
 of which changes the numbers in fp32:
   * apex FusedLayerNorm is replaced by torch.nn.LayerNorm (eps 1e-12, fp32
     statistics), which computes the same function.
@@ -14,7 +14,7 @@ of which changes the numbers in fp32:
   * Helpers for the 7-d box input and the gather_index / attn_masks layout
     (the official data/data.py collate logic) live here too.
 
-Details that matter for numerical equality (spec section 7 and the code):
+Details that matter for numerical equality (read from the official code):
   * word_embeddings and mask_embedding are nn.Embedding(..., padding_idx=0):
     row 0 never receives a gradient.  init_weights() overwrites row 0 with
     N(0, 0.02), so the word-embedding row 0 is NOT zero; mask_embedding row 0
@@ -325,7 +325,7 @@ class UniterPreTrainedModel(nn.Module):
 
     def init_weights(self, module):
         """Linear/Embedding weight ~ N(0, initializer_range); LN 1/0;
-        Linear bias 0 (spec 1.2)."""
+        Linear bias 0 (as the official init_weights)."""
         if isinstance(module, (nn.Linear, nn.Embedding)):
             module.weight.data.normal_(mean=0.0,
                                        std=self.config.initializer_range)
@@ -707,7 +707,7 @@ def _self_check():
         assert (model.feat_regress.weight
                 is model.uniter.img_embeddings.img_linear.weight)
         del model, sd
-    # gather_index example of spec 1.5
+    # the gather_index example of docs/data.md, "Batches"
     gi = get_gather_index([3, 5], [3, 1], 2, 5, 6)
     assert gi.tolist() == [[0, 1, 2, 5, 6, 7], [0, 1, 2, 3, 4, 5]], gi
     print("self-check OK")

@@ -32,7 +32,7 @@ type benchOpts struct {
 	seed                uint64
 }
 
-// benchResult is the JSON line of CLI.md.
+// benchResult is the JSON line bench prints (README, Command line).
 type benchResult struct {
 	Model      string  `json:"model"`
 	Device     string  `json:"device"`

@@ -6,7 +6,7 @@ import (
 	"uniter/internal/db"
 )
 
-// registerImgDBFlags adds the img_db layout flags of CLI.md, shared by the
+// registerImgDBFlags adds the img_db layout flags, shared by the
 // commands that read img_dbs and `data imgdb`, which writes one.
 func registerImgDBFlags(f *pflag.FlagSet, o *db.ImgDBOptions) {
 	f.Float64Var(&o.ConfTh, "conf-th", o.ConfTh, "detector confidence threshold of the img_db layout (-1: fixed --num-bb)")

@@ -21,7 +21,7 @@ var cudaBackend func(ordinal int) (compute.Backend, error)
 var cudaSummary func() string
 
 // defaultDevice is cuda when the binary has CUDA support and a GPU is
-// present, else cpu (CLI.md).
+// present, else cpu.
 func defaultDevice() string {
 	if cudaBackend != nil {
 		if _, err := cudaBackend(0); err == nil {

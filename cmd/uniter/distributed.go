@@ -17,7 +17,7 @@ import (
 	"uniter/internal/train"
 )
 
-// worldFlags are the data-parallel flags of pretrain and finetune (CLI.md,
+// worldFlags are the data-parallel flags of pretrain and finetune (README,
 // Data parallel).
 type worldFlags struct {
 	replicas         int

@@ -24,7 +24,7 @@ import (
 
 func init() { subcommands = append(subcommands, newEvalCmd) }
 
-// downstreamTasks are the eval tasks of CLI.md besides pretrain.
+// downstreamTasks are the eval tasks besides pretrain.
 var downstreamTasks = []string{"vqa", "ve", "nlvr2", "vcr", "re", "itr"}
 
 type evalOpts struct {

@@ -12,7 +12,7 @@ import (
 )
 
 // modelFlags are the model and checkpoint arguments shared by every command
-// that loads a model (CLI.md).
+// that loads a model.
 type modelFlags struct {
 	checkpoint  string
 	modelConfig string

@@ -37,6 +37,7 @@ CUDA GPUs, and gives the original's numbers.`,
 	for _, mk := range subcommands {
 		root.AddCommand(mk())
 	}
+	registerCompletions(root)
 	return root
 }
 

@@ -62,7 +62,8 @@ type Example struct {
 
 // Batch is a collated, padded batch in the layout the model consumes. Text
 // is [B,Tmax], regions [B,Nmax], and the joint sequence the compact
-// [B,S] layout addressed by GatherIndex (UNITER_REFERENCE.md 1.5).
+// [B,S] layout addressed by GatherIndex: per row its text, then its
+// regions, then padding (docs/data.md, "Batches").
 //
 // A row is one input sequence. Usually every example is one row; an
 // example may span RowsPerExample consecutive rows (NLVR2 paired: the

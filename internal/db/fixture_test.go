@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -127,9 +128,19 @@ func TestTxtDBFixture(t *testing.T) {
 	if m.CLS != 101 || m.SEP != 102 || m.MASK != 103 || m.UNK != 100 || m.VRange != [2]int{999, 28996} || m.Tokenizer != "bert-base-cased" {
 		t.Fatalf("meta = %+v", m)
 	}
+	// The ids come in id2len.json's key order, as Python's json.load and
+	// with it the original's datasets list them.
+	raw, err := os.ReadFile("testdata/txt_db/id2len.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fileOrder []string
+	for _, m := range regexp.MustCompile(`"([^"]+)":`).FindAllStringSubmatch(string(raw), -1) {
+		fileOrder = append(fileOrder, m[1])
+	}
 	ids := db.IDs(-1)
-	if len(ids) != len(want) || !slices.IsSorted(ids) {
-		t.Fatalf("IDs(-1) = %v", ids)
+	if len(ids) != len(want) || !slices.Equal(ids, fileOrder) {
+		t.Fatalf("IDs(-1) = %v, want id2len.json's order %v", ids, fileOrder)
 	}
 	for _, id := range ids {
 		ex, err := db.Get(id)
@@ -148,7 +159,8 @@ func TestTxtDBFixture(t *testing.T) {
 			t.Errorf("id2len[%s] = %d, input_ids has %d", id, n, len(in))
 		}
 	}
-	if got := db.IDs(4); !reflect.DeepEqual(got, []string{"1337", "dev-850-0-0", "test1-0-1-1", "val-0"}) {
+	// The ids of length <= 4, still in the file's order.
+	if got := db.IDs(4); !reflect.DeepEqual(got, []string{"dev-850-0-0", "test1-0-1-1", "val-0", "1337"}) {
 		t.Errorf("IDs(4) = %v", got)
 	}
 

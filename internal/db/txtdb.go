@@ -44,7 +44,7 @@ type TxtDB struct {
 	env      *lmdb.Env
 	meta     Meta
 	id2len   map[string]int
-	ids      []string // sorted
+	ids      []string // in id2len.json's order
 	txt2img  map[string][]string
 	img2txts map[string][]string
 }
@@ -57,16 +57,14 @@ func OpenTxtDB(dir string) (*TxtDB, error) {
 	if err := readJSON(dir, "meta.json", func(b []byte) error { return t.meta.parse(b) }); err != nil {
 		return nil, err
 	}
-	if err := readJSON(dir, "id2len.json", func(b []byte) error { return json.Unmarshal(b, &t.id2len) }); err != nil {
+	if err := readJSON(dir, "id2len.json", func(b []byte) (err error) { t.ids, t.id2len, err = orderedLens(b); return err }); err != nil {
 		return nil, err
 	}
-	for id, n := range t.id2len {
-		if n < 0 {
+	for _, id := range t.ids {
+		if n := t.id2len[id]; n < 0 {
 			return nil, fmt.Errorf("txt_db %s: id2len.json: id %q has negative length %d", dir, id, n)
 		}
-		t.ids = append(t.ids, id)
 	}
-	sort.Strings(t.ids)
 	err := readJSON(dir, "txt2img.json", func(b []byte) error {
 		var raw map[string]json.RawMessage
 		if err := json.Unmarshal(b, &raw); err != nil {
@@ -219,8 +217,10 @@ func (t *TxtDB) Dir() string { return t.dir }
 // Meta returns the parsed meta.json.
 func (t *TxtDB) Meta() Meta { return t.meta }
 
-// IDs returns, sorted, the ids whose length in id2len.json is at most
-// maxTxtLen; maxTxtLen <= 0 keeps every id (the official -1).
+// IDs returns, in id2len.json's order, the ids whose length there is at
+// most maxTxtLen; maxTxtLen <= 0 keeps every id (the official -1). The
+// original indexes its datasets by that order (Python keeps a JSON
+// object's key order), so example i is the same example on both sides.
 func (t *TxtDB) IDs(maxTxtLen int) []string {
 	if maxTxtLen <= 0 {
 		return append([]string(nil), t.ids...)
@@ -300,4 +300,34 @@ func DecodeTxtValue(b []byte) (map[string]any, error) {
 		return nil, fmt.Errorf("corrupt value: msgpack holds %T, want a map", v)
 	}
 	return m, nil
+}
+
+// orderedLens decodes id2len.json keeping its key order.
+func orderedLens(b []byte) ([]string, map[string]int, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, nil, fmt.Errorf("not a JSON object of id: length")
+	}
+	var ids []string
+	lens := map[string]int{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, nil, err
+		}
+		id, _ := tok.(string)
+		var n int
+		if err := dec.Decode(&n); err != nil {
+			return nil, nil, fmt.Errorf("id %q: %w", id, err)
+		}
+		if _, dup := lens[id]; dup {
+			return nil, nil, fmt.Errorf("id %q appears twice", id)
+		}
+		ids = append(ids, id)
+		lens[id] = n
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, nil, err
+	}
+	return ids, lens, nil
 }

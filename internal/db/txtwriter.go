@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 
 	"github.com/pierrec/lz4/v4"
 	"github.com/vmihailenco/msgpack/v5"
@@ -21,6 +22,7 @@ type TxtWriter struct {
 	env      *lmdb.Env
 	meta     Meta
 	id2len   map[string]int
+	order    []string       // ids in Put order, id2len.json's order
 	txt2img  map[string]any // a name, or a list of names
 	img2txts map[string][]string
 	closed   bool
@@ -82,6 +84,7 @@ func (w *TxtWriter) Put(id string, example map[string]any) error {
 		return fmt.Errorf("txt_db %s: %w", w.dir, err)
 	}
 	w.id2len[id] = len(ids)
+	w.order = append(w.order, id)
 	if _, single := fields["img_fname"].(string); single {
 		w.txt2img[id] = fnames[0]
 	} else {
@@ -140,7 +143,7 @@ func (w *TxtWriter) Close() error {
 	for _, side := range []struct {
 		name string
 		v    any
-	}{{"meta.json", w.meta}, {"id2len.json", w.id2len}, {"txt2img.json", w.txt2img}, {"img2txts.json", w.img2txts}} {
+	}{{"meta.json", w.meta}, {"id2len.json", orderedLensJSON{w.order, w.id2len}}, {"txt2img.json", w.txt2img}, {"img2txts.json", w.img2txts}} {
 		if err := writeJSONAtomic(filepath.Join(w.dir, side.name), side.v); err != nil {
 			return fmt.Errorf("txt_db %s: %w", w.dir, err)
 		}
@@ -156,4 +159,27 @@ func writeJSONAtomic(path string, v any) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return atomicfile.WriteFile(path, b)
+}
+
+// orderedLensJSON writes id2len.json in the order the examples were put:
+// the order readers (ours and the original's) index the examples by.
+type orderedLensJSON struct {
+	ids  []string
+	lens map[string]int
+}
+
+func (o orderedLensJSON) MarshalJSON() ([]byte, error) {
+	b := []byte{'{'}
+	for i, id := range o.ids {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		k, err := json.Marshal(id)
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(b, k...), ':')
+		b = strconv.AppendInt(b, int64(o.lens[id]), 10)
+	}
+	return append(b, '}'), nil
 }

@@ -26,7 +26,7 @@ type Input struct {
 	ImgMasks   []int32   // [B*N] 0/1; nil unless regions are masked
 	NBB        []int     // [B] regions per example
 
-	// GatherIndex [B*S] joins text and regions (reference 1.5); nil means
+	// GatherIndex [B*S] joins text and regions; nil means
 	// computed from TxtLens and NBB.
 	GatherIndex []int32
 }
@@ -106,7 +106,7 @@ type Model struct {
 	dFeat                *compute.Tensor
 }
 
-// New builds a model with freshly initialised weights (reference 1.2)
+// New builds a model with freshly initialised weights
 // drawn from seed.
 func New(be compute.Backend, cfg Config, seed uint64) (*Model, error) {
 	if err := cfg.Validate(); err != nil {

@@ -46,7 +46,7 @@ func newParamSet(be compute.Backend, seed uint64, std float64) *ParamSet {
 	return &ParamSet{be: be, byName: map[string]*Param{}, rng: rand.New(rand.NewPCG(seed, 0x5eed)), std: std}
 }
 
-// InitKind is how a new parameter is initialised (reference 1.2).
+// InitKind is how a new parameter is initialised.
 type InitKind int
 
 const (

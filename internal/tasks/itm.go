@@ -7,7 +7,7 @@ import (
 	"uniter/internal/data"
 )
 
-// itm is image-text matching (reference 3.4): 2-way softmax cross-entropy
+// itm is image-text matching: 2-way softmax cross-entropy
 // of the ITM head on the pooled output against the batch's labels (1
 // match, 0 not), averaged over examples, plus OTWeight times the WRA loss.
 func (p *Pretrain) itm(b *data.Batch, backward bool, gradScale float32) (Result, error) {

@@ -6,7 +6,7 @@ import (
 	"uniter/internal/data"
 )
 
-// mlm is masked language modelling (reference 3.2): cross-entropy of the
+// mlm is masked language modelling: cross-entropy of the
 // MLM head at the masked text positions (label != -1), averaged over them.
 // The image is complete, so the model runs without region masks.
 func (p *Pretrain) mlm(b *data.Batch, backward bool, gradScale float32) (Result, error) {

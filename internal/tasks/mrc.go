@@ -8,7 +8,7 @@ import (
 	"uniter/internal/data"
 )
 
-// mrc is masked region classification (reference 3.3): cross-entropy of the
+// mrc is masked region classification: cross-entropy of the
 // MRC head at each masked region against the detector's most likely
 // non-background class argmax(soft_labels[1:])+1 (the batch's MRCLabels),
 // with class 0 ignored and the mean over all masked regions. A region
@@ -41,7 +41,7 @@ func (p *Pretrain) mrc(b *data.Batch, backward bool, gradScale float32) (Result,
 	return Result{Loss: loss, Correct: correct, Count: len(rows)}, nil
 }
 
-// mrckl is MRC-kl (reference 3.3): kl_div(log_softmax(logits), soft_labels)
+// mrckl is MRC-kl: kl_div(log_softmax(logits), soft_labels)
 // element-wise, averaged over all [n_masked, img_label_dim] elements. A
 // region counts as correct when the argmax of its logits over all classes,
 // background included, is the argmax of its soft labels, as the

@@ -7,7 +7,7 @@ import (
 	"uniter/internal/data"
 )
 
-// mrfr is masked region feature regression (reference 3.3): the MRFR head
+// mrfr is masked region feature regression: the MRFR head
 // at each masked region regresses the region's original feature; the loss
 // is the mean squared error over all [n_masked, img_dim] elements.
 func (p *Pretrain) mrfr(b *data.Batch, backward bool, gradScale float32) (Result, error) {

@@ -23,8 +23,8 @@ const (
 // NLVR2Variants lists the variants, the default first.
 var NLVR2Variants = []string{NLVR2PairedAttn, NLVR2Paired, NLVR2Triplet}
 
-// NLVR2 is natural-language visual reasoning over an image pair
-// (reference 6). The token type table has a third row for the right
+// NLVR2 is natural-language visual reasoning over an image pair. The
+// token type table has a third row for the right
 // image's regions. paired runs the sentence with each image as two rows and
 // classifies their concatenated pooled outputs; triplet runs one row with
 // both images; paired-attn (the official default) lets each side's last

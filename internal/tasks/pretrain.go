@@ -6,7 +6,7 @@
 // reads, computes the loss exactly as the official code reduces it, and
 // feeds the gradient back into the model.
 //
-// Heads address the compact joint layout of model.Input (reference 1.5):
+// Heads address the compact joint layout of model.Input:
 // text position j of example i is joint row i*S+j, and region r of example
 // i is joint row i*S+tl_i+r.
 package tasks

@@ -49,7 +49,7 @@ type Downstream interface {
 	Classes() int
 	// Open reads a txt_db/img_db pair as this task's dataset.
 	Open(txt *db.TxtDB, img *db.ImgDB, o data.DownstreamOptions) (Dataset, error)
-	// Metrics reduces an evaluation to the task's metrics (CLI.md names).
+	// Metrics reduces an evaluation to the task's metrics (the names its metrics.json uses).
 	Metrics(e *Eval) map[string]float64
 	// Results renders the predictions of an evaluation in the task's
 	// official output format: the inference scripts' for uniter eval, the

@@ -12,7 +12,7 @@ import (
 	"uniter/internal/model"
 )
 
-// VQA is visual question answering (reference 6), and with the three
+// VQA is visual question answering, and with the three
 // VEAnswers visual entailment: the official head vqa_output, Linear(H,2H)
 // -> GELU -> LayerNorm(2H) -> Linear(2H, answers), on the pooled [CLS];
 // soft-score targets; training loss BCE-with-logits averaged over every

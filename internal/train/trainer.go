@@ -133,8 +133,7 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 		o.Log = io.Discard
 	}
 	if o.Steps > cfg.NumTrainSteps {
-		return nil, fmt.Errorf("%s: --steps %d is past num_train_steps %d, where the learning-rate schedule ends; to train longer, start a new schedule from the last checkpoint: --set checkpoint=%s --set num_train_steps=%d --output NEW_DIR",
-			name, o.Steps, cfg.NumTrainSteps, filepath.Join(o.Output, CkptDir, CheckpointName(cfg.NumTrainSteps)), o.Steps)
+		return nil, stepsPastSchedule(name, o, cfg.NumTrainSteps)
 	}
 	mc, err := cfg.ResolveModel()
 	if err != nil {
@@ -187,6 +186,18 @@ func New(cfg *Config, o Options) (*Trainer, error) {
 	}
 	ok = true
 	return t, nil
+}
+
+// stepsPastSchedule is the refusal of a --steps beyond num_train_steps,
+// where the learning rate has reached 0: a run with checkpoints extends by
+// a new schedule started from its newest one; one without raises
+// num_train_steps.
+func stepsPastSchedule(name string, o Options, total int) error {
+	msg := fmt.Sprintf("%s: --steps %d is past num_train_steps %d, where the learning-rate schedule ends", name, o.Steps, total)
+	if latest, _ := LatestCheckpoint(filepath.Join(o.Output, CkptDir)); latest != "" && o.Resume {
+		return fmt.Errorf("%s; to train longer, start a new schedule from the newest checkpoint: --set checkpoint=%s --set num_train_steps=%d --output NEW_DIR", msg, latest, o.Steps)
+	}
+	return fmt.Errorf("%s; to train that long, set --set num_train_steps=%d", msg, o.Steps)
 }
 
 // startPoint locks the output directory and returns the checkpoint the
