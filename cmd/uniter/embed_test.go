@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -220,5 +221,48 @@ func TestEmbedRunDir(t *testing.T) {
 	err = runEmbed(context.Background(), o)
 	if err == nil || !strings.Contains(err.Error(), o.mf.checkpoint+": no checkpoint there: looked for "+filepath.Join(o.mf.checkpoint, "model.safetensors")) {
 		t.Errorf("empty directory: err %v", err)
+	}
+}
+
+// TestEmbedIDsInDBOrder: ids.json lists the examples in the txt_db's own
+// order (id2len.json's), not sorted as strings.
+func TestEmbedIDsInDBOrder(t *testing.T) {
+	txt := filepath.Join(t.TempDir(), "txt_db")
+	if err := os.MkdirAll(txt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"data.mdb", "meta.json", "txt2img.json", "img2txts.json"} {
+		b, err := os.ReadFile(filepath.Join(embedFixture, "txt_db", f))
+		if err != nil {
+			if os.IsNotExist(err) {
+				continue
+			}
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(txt, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	order := []string{"1002", "1000", "1005", "1001", "1004", "1003"}
+	lens := `{"1002": 3, "1000": 7, "1005": 5, "1001": 8, "1004": 4, "1003": 5}`
+	if err := os.WriteFile(filepath.Join(txt, "id2len.json"), []byte(lens), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	o := embedTestOpts(out)
+	o.txtDB = txt
+	if err := runEmbed(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "ids.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	if err := json.Unmarshal(b, &ids); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ids, order) {
+		t.Errorf("ids.json %v, want the txt_db's order %v", ids, order)
 	}
 }
