@@ -103,16 +103,7 @@ func TestImgdbLayoutsAndErrors(t *testing.T) {
 	d.Close()
 
 	// A corrupt file: an error naming it, or skipped with --skip-corrupt.
-	dir := t.TempDir()
-	for _, n := range []string{"img_a.npz", "img_b.npz"} {
-		b, err := os.ReadFile(filepath.Join(npzFixtures, n))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, n), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := copyFixtures(t)
 	bad := filepath.Join(dir, "img_0bad.npz")
 	if err := os.WriteFile(bad, []byte("not a zip"), 0o644); err != nil {
 		t.Fatal(err)
