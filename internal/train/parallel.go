@@ -128,19 +128,20 @@ func (t *Trainer) startSync() error {
 		t.gsync = newHostSync(t.reps, peers)
 		return nil
 	}
+	// Every replica joins at once: a communicator's creation waits for all
+	// the ranks of the world.
 	colls := make([]compute.Collective, len(t.reps))
-	for i, r := range t.reps {
-		err := r.onWorker(func() error {
-			var err error
-			colls[i], err = w.NewCollective(i, r.be, w.Rank*w.Replicas+i, w.global())
-			return err
-		})
-		if err != nil {
-			for _, c := range colls[:i] {
+	if err := onAll(t.reps, func(i int, r *replica) error {
+		var err error
+		colls[i], err = w.NewCollective(i, r.be, w.Rank*w.Replicas+i, w.global())
+		return err
+	}); err != nil {
+		for _, c := range colls {
+			if c != nil {
 				_ = c.Close()
 			}
-			return fmt.Errorf("replica %d: %w", i, err)
 		}
+		return err
 	}
 	t.gsync = newDeviceSync(t.reps, colls)
 	return nil
