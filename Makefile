@@ -63,6 +63,7 @@ golden:
 	$(PY) scripts/finetune_ref.py
 	$(PY) scripts/gen_finetune_fixtures.py
 	$(PY) scripts/pretrain_val_ref.py
+	$(PY) scripts/re_ref.py
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

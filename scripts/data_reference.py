@@ -93,7 +93,7 @@ def open_txt(path):
     return meta, id2len, txt2img, get
 
 
-def open_img(path, conf_th=0.2, max_bb=100, min_bb=10):
+def open_img(path, conf_th=0.2, max_bb=100, min_bb=10, num_bb=100):
     """Sub-directory, nbb and value decoding as the official reader."""
     import lmdb
     import msgpack
@@ -104,6 +104,9 @@ def open_img(path, conf_th=0.2, max_bb=100, min_bb=10):
     nbb_file = f'{path}/nbb_{name}.json'
     name2nbb = json.load(open(nbb_file)) if os.path.exists(nbb_file) else None
     sub = f'feat_{name}' if name2nbb is not None else 'all'
+    if conf_th == -1:
+        # feat_numbb{num_bb}: arr[:num_bb], every box of a smaller image
+        name2nbb, sub = None, f'feat_numbb{num_bb}'
     env = lmdb.open(f'{path}/{sub}', readonly=True, create=False, lock=False)
     txn = env.begin()
 
@@ -122,8 +125,9 @@ def synth(root):
     for split in ('train', 'val'):
         det = open_img(f'{root}/img/synth_{split}')
         vcr_gt = open_img(f'{root}/img/vcr_gt_{split}')
-        re_gt = open_img(f'{root}/img/re_gt_{split}')
-        re_det = open_img(f'{root}/img/re_det_{split}')
+        # train_re.py opens both RE dbs with conf_th -1, num_bb 100
+        re_gt = open_img(f'{root}/img/re_coco_gt_{split}', conf_th=-1)
+        re_det = open_img(f'{root}/img/re_coco_det_{split}', conf_th=-1)
         for task in ('pretrain', 'vqa', 've', 'nlvr2', 'itr'):
             path = f'{root}/txt/{task}_{split}.db'
             meta, id2len, txt2img, get = open_txt(path)

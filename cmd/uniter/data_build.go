@@ -42,14 +42,16 @@ type txtdbOpts struct {
 	captions, questions, annotations, ans2label string
 	nlvr2, snliVE, missingImgs                  string
 	vocab, toker, imgPrefix, out                string
+	refs, instances, iidToAnnIDs, split         string // re (prepro.py --task re)
+	vcr                                         string // VCR annotations (JSON lines)
 	quiet                                       bool
 }
 
 func newDataTxtdbCmd() *cobra.Command {
 	o := txtdbOpts{toker: "bert-base-cased"}
 	cmd := &cobra.Command{
-		Use:   "txtdb --out DIR (--captions FILE | --questions FILE [--annotations FILE --ans2label FILE] | --nlvr2 FILE | --snli-ve FILE) [--img-prefix PREFIX] [--toker NAME] [--vocab FILE]",
-		Short: "Build an official-format txt_db from COCO captions, VQA v2, NLVR2 or SNLI-VE annotations",
+		Use:   "txtdb --out DIR (--captions FILE | --questions FILE [--annotations FILE --ans2label FILE] | --nlvr2 FILE | --snli-ve FILE | --refs FILE --instances FILE [--iid-to-ann-ids FILE] [--split NAME]) [--img-prefix PREFIX] [--toker NAME] [--vocab FILE]",
+		Short: "Build an official-format txt_db from COCO captions, VQA v2, NLVR2, SNLI-VE or RefCOCO annotations",
 		Long: `txtdb tokenises raw annotations with BERT WordPiece (UNITER's prepro:
 whitespace split, basic tokenizer, WordPiece, no specials, no truncation) and
 writes a txt_db: the LMDB of lz4-compressed msgpack examples plus
@@ -89,6 +91,20 @@ official VE ans2label, also written to the db as ans2label.json). A
 gold_label outside those three is an error: SNLI-VE left out SNLI's
 unlabelled "-" pairs.
 
+--refs takes the refer toolkit's refs(*).p pickle (refcoco/refs(unc).p,
+refcoco+/refs(unc).p, refcocog/refs(umd).p) with --instances, that
+dataset's instances.json, and does what the official prepro.py --task re
+does for one split (--split, else the name of --out after its first
+underscore, as prepro.py: refcoco_testA.db is testA): every sentence of
+the split's refs becomes example "sent_id" with sent_id, sent, ref_id,
+ann_id, image_id, bbox (the annotation's), input_ids and img_fname
+visual_grounding_coco_gt_%012d.npz, and the db gets refs.json (the
+split's refs), images.json ({id, file_name, ann_ids, height, width} of
+their images), annotations.json and categories.json. ann_ids, the order
+of the ground-truth img_db's boxes, come from --iid-to-ann-ids (the
+official iid_to_ann_ids.json: {"iid_to_ann_ids": {image_id: [ann_id]}}),
+else from instances.json's order of the image's annotations.
+
 --missing-imgs takes a JSON list of image names (the official
 missing_nlvr2_imgs.json) and leaves out every example using one of them.
 
@@ -106,6 +122,8 @@ whole db is written.`,
   uniter data txtdb --nlvr2 nlvr2/data/dev.json --missing-imgs missing_nlvr2_imgs.json \
       --out txt_db/nlvr2_dev.db
   uniter data txtdb --snli-ve snli_ve_train.jsonl --out txt_db/ve_train.db
+  uniter data txtdb --refs 'refcoco/refs(unc).p' --instances refcoco/instances.json \
+      --iid-to-ann-ids iid_to_ann_ids.json --out txt_db/refcoco_val.db
   uniter data txtdb --captions captions.json --img-prefix coco_val2014 \
       --toker bert-base-uncased --out txt_db/coco_val_uncased.db`,
 		Args: cobra.NoArgs,
@@ -120,6 +138,11 @@ whole db is written.`,
 	f.StringVar(&o.ans2label, "ans2label", "", "answer -> label JSON (needed with --annotations)")
 	f.StringVar(&o.nlvr2, "nlvr2", "", "NLVR2 annotations, JSON lines (train.json, dev.json, test1.json)")
 	f.StringVar(&o.snliVE, "snli-ve", "", "SNLI-VE annotations, JSON lines (snli_ve_train.jsonl ...)")
+	f.StringVar(&o.vcr, "vcr", "", "VCR annotations, JSON lines (train.jsonl, val.jsonl, test.jsonl)")
+	f.StringVar(&o.refs, "refs", "", "re: the refer toolkit's refs(*).p pickle (RefCOCO, RefCOCO+, RefCOCOg)")
+	f.StringVar(&o.instances, "instances", "", "re: the dataset's instances.json (images, annotations, categories)")
+	f.StringVar(&o.iidToAnnIDs, "iid-to-ann-ids", "", "re: JSON {\"iid_to_ann_ids\": {image_id: [ann_id, ...]}}, the box order of the ground-truth img_db (default: instances.json's order)")
+	f.StringVar(&o.split, "split", "", "re: the refs' split to write (default: the name of --out after its first underscore, as prepro.py)")
 	f.StringVar(&o.missingImgs, "missing-imgs", "", "JSON list of image names whose examples are left out (e.g. missing_nlvr2_imgs.json)")
 	f.StringVar(&o.vocab, "vocab", "", "BERT vocab.txt to use instead of the built-in vocabulary of --toker")
 	f.StringVar(&o.toker, "toker", o.toker, "tokenizer: "+strings.Join(data.BuiltinVocabs(), " or ")+
@@ -135,6 +158,9 @@ whole db is written.`,
 type txtExample struct {
 	id, where string
 	fields    map[string]any
+	// lens are further {id: len} side files the example is listed in
+	// (VCR's id2len_qa.json and id2len_qar.json).
+	lens map[string]int
 }
 
 // veAns2Label is the official VE label map (utils/misc.py VE_ENT2IDX).
@@ -142,7 +168,7 @@ var veAns2Label = map[string]int{"contradiction": 0, "entailment": 1, "neutral":
 
 func runTxtdb(o txtdbOpts, progress io.Writer) error {
 	inputs := 0
-	for _, in := range []string{o.captions, o.questions, o.nlvr2, o.snliVE} {
+	for _, in := range []string{o.captions, o.questions, o.nlvr2, o.snliVE, o.refs, o.vcr} {
 		if in != "" {
 			inputs++
 		}
@@ -152,7 +178,7 @@ func runTxtdb(o txtdbOpts, progress io.Writer) error {
 	case o.out == "":
 		return errors.New("data txtdb: --out is required")
 	case inputs != 1:
-		return errors.New("data txtdb: give exactly one of --captions, --questions, --nlvr2 and --snli-ve")
+		return errors.New("data txtdb: give exactly one of --captions, --questions, --nlvr2, --snli-ve, --refs and --vcr")
 	case prefixed && o.imgPrefix == "":
 		return errors.New("data txtdb: --img-prefix is required with --captions and --questions (e.g. coco_train2014)")
 	case !prefixed && o.imgPrefix != "":
@@ -161,6 +187,10 @@ func runTxtdb(o txtdbOpts, progress io.Writer) error {
 		return fmt.Errorf("data txtdb: --annotations %s needs --ans2label", o.annotations)
 	case o.questions == "" && (o.annotations != "" || o.ans2label != ""):
 		return errors.New("data txtdb: --annotations and --ans2label go with --questions")
+	case (o.refs != "") != (o.instances != ""):
+		return errors.New("data txtdb: --refs and --instances go together (the refer toolkit's refs(*).p and instances.json)")
+	case o.refs == "" && (o.iidToAnnIDs != "" || o.split != ""):
+		return errors.New("data txtdb: --iid-to-ann-ids and --split go with --refs")
 	}
 	tok, err := data.BertTokenizer(o.toker, o.vocab)
 	if err != nil {
@@ -190,6 +220,10 @@ func runTxtdb(o txtdbOpts, progress io.Writer) error {
 		examples, err = vqaExamples(o, tok)
 	case o.nlvr2 != "":
 		examples, err = nlvr2Examples(o.nlvr2, tok)
+	case o.refs != "":
+		examples, _, err = reExamples(o, tok, sideFiles)
+	case o.vcr != "":
+		examples, err = vcrExamples(o.vcr, tok)
 	default:
 		examples, err = veExamples(o.snliVE, tok)
 		sideFiles["ans2label.json"] = veAns2Label
@@ -252,6 +286,12 @@ func fillTxtDB(dir string, meta db.Meta, examples []txtExample, sideFiles map[st
 		if err := w.Put(ex.id, ex.fields); err != nil {
 			w.Close()
 			return fmt.Errorf("data txtdb: %s: %w", ex.where, err)
+		}
+		for name, n := range ex.lens {
+			if err := w.PutLen(name, ex.id, n); err != nil {
+				w.Close()
+				return fmt.Errorf("data txtdb: %s: %w", ex.where, err)
+			}
 		}
 		bar.Add(1)
 	}

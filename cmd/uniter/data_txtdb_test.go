@@ -235,7 +235,7 @@ func TestTxtdbBuildErrors(t *testing.T) {
 		{[]string{"--snli-ve", badImage}, []string{badImage + ":1:", `Flikr30kID "abc.jpg" is not a Flickr30k image id`}},
 		{[]string{"--nlvr2", good, "--missing-imgs", filepath.Join(dir, "nomissing.json")}, []string{"nomissing.json"}},
 		{[]string{"--nlvr2", good, "--img-prefix", "coco"}, []string{"--img-prefix coco goes with --captions and --questions"}},
-		{[]string{"--nlvr2", good, "--snli-ve", dash}, []string{"exactly one of --captions, --questions, --nlvr2 and --snli-ve"}},
+		{[]string{"--nlvr2", good, "--snli-ve", dash}, []string{"exactly one of --captions, --questions, --nlvr2, --snli-ve"}},
 		{[]string{"--captions", good}, []string{"--img-prefix is required"}},
 		{[]string{"--nlvr2", good, "--toker", "bert-large-cased"}, []string{`tokenizer "bert-large-cased"`, "bert-base-cased, bert-base-uncased", "--vocab"}},
 		{[]string{"--nlvr2", good, "--out", full}, []string{full, "already exists and is not empty"}},

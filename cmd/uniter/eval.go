@@ -31,6 +31,7 @@ type evalOpts struct {
 	mf           modelFlags
 	task         string
 	txtDB, imgDB string
+	gtImgDB      string // vcr (and re): the ground-truth-box img_db
 	out          string
 	imgOpts      db.ImgDBOptions
 	tasks        []string
@@ -47,6 +48,9 @@ type evalOpts struct {
 	variant      string
 	useImgType   bool
 	saveLogits   bool
+	reMLP        int  // re: the head's layers (0: from the checkpoint)
+	batchSet     bool // --batch-tokens given (re: sentences per batch, default 256)
+	imgOptsSet   bool // re: an img_db layout flag given (else the run's, as inf_re.py)
 }
 
 // evalReport is DIR/metrics.json.
@@ -102,8 +106,35 @@ vqa and ve results.json [{"answer", "question_id"}], nlvr2 results.csv
 (float32 [n, answers] or [n, 2]). A split without targets gives predictions
 only. --init-seed N with the run's --model-config evaluates the model a
 "uniter finetune" run with seed N starts from (its fresh head on the
-backbone of --checkpoint, if given): the untrained baseline. vcr, re and
-itr are not available yet.`,
+backbone of --checkpoint, if given): the untrained baseline.
+
+vcr takes the ground-truth boxes with --gt-img-db (read as feat_numbb100)
+and the detected ones with --img-db, and scores, as inf_vcr.py, every
+rationale after every answer: metrics acc_qa, acc_qar (after the true
+answer), acc (both right), loss; results.json {annot_id: [20 scores]} and
+results.csv (the submission table); --save-logits [n, 8] (4 answer
+scores, 4 rationale scores after the true answer; [n, 20] without
+targets). A VCR checkpoint's grown tables (4 token types, 81 more words)
+are set up before loading.
+
+re scores every sentence of an RE txt_db (refs.json's order) on the boxes
+of --img-db (detected; ground truth when its path holds "coco_gt") and,
+with --gt-img-db, also on the ground-truth boxes (read as feat_numbb100,
+every stored box; metrics and files with suffix _gt), as inf_re.py: acc
+is the share of sentences whose top region's box (its normalised box
+times the image size) has IoU > 0.5 with the target box (the original's
+-1 pixel convention); results.json {sent_id: {"pred_box", "tgt_box"}};
+--save-logits adds logits.npy [n, R] (pads -1e4); the head's depth
+comes from the checkpoint (--mlp sets it) and the img_db layout from the
+run's config when no layout flag is given; batches count sentences
+(default 256).
+
+itr ranks every text of --txt-db against every image (docs/itr.md):
+metrics txt_r1/5/10, img_r1/5/10, their means and r_mean (and the original
+itm_eval.py's image recall as img_r*_official); --save-logits writes
+logits.npy [texts, images], ids.json and img_ids.json. A pretraining
+checkpoint is scored zero-shot by its ITM match row. The scores go to
+DIR as they come: rerun the same command to continue a killed ranking.`,
 		Example: `  uniter eval --task pretrain --checkpoint runs/demo/out/ckpt/step_00002000 \
       --txt-db runs/demo/data/txt/pretrain_val.db --img-db runs/demo/data/img/synth_val --out runs/demo/eval
   uniter eval --task pretrain --init-seed 42 --model-config runs/demo/out/log/model.json \
@@ -114,10 +145,16 @@ itr are not available yet.`,
       --model-config /storage/vqa/default/log/model.json --ans2label /storage/vqa/default/ckpt/ans2label.json \
       --txt-db /txt/vqa_devval.db --img-db /img/coco_val2014 --out runs/vqa_devval --save-logits
   uniter eval --task nlvr2 --variant paired-attn --checkpoint runs/nlvr2/ckpt/best \
-      --txt-db /txt/nlvr2_dev.db --img-db /img/nlvr2_dev --out runs/nlvr2_dev`,
+      --txt-db /txt/nlvr2_dev.db --img-db /img/nlvr2_dev --out runs/nlvr2_dev
+  uniter eval --task itr --checkpoint uniter-base.pt --model-config base \
+      --txt-db /txt/itm_flickr30k_test.db --img-db /img/flickr30k --out runs/flickr_zero_shot --save-logits`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.seedSet = cmd.Flags().Changed("seed")
+			o.batchSet = cmd.Flags().Changed("batch-tokens")
+			for _, name := range []string{"conf-th", "max-bb", "min-bb", "num-bb"} {
+				o.imgOptsSet = o.imgOptsSet || cmd.Flags().Changed(name)
+			}
 			return runEval(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
@@ -126,6 +163,7 @@ itr are not available yet.`,
 	f.StringVar(&o.task, "task", "", "pretrain (or a downstream task: "+strings.Join(downstreamTasks, " ")+")")
 	f.StringVar(&o.txtDB, "txt-db", "", "official txt_db directory")
 	f.StringVar(&o.imgDB, "img-db", "", "official img_db directory")
+	f.StringVar(&o.gtImgDB, "gt-img-db", "", "vcr: the ground-truth-box img_db (read as feat_numbb100), its regions before --img-db's; re: also evaluate on these ground-truth boxes (every stored box; _gt outputs)")
 	f.StringVar(&o.out, "out", "", "output directory (metrics.json)")
 	registerImgDBFlags(f, &o.imgOpts)
 	f.StringSliceVar(&o.tasks, "tasks", train.TaskNames, "pretraining tasks to evaluate")
@@ -141,6 +179,7 @@ itr are not available yet.`,
 	f.StringVar(&o.variant, "variant", tasks.NLVR2PairedAttn, "nlvr2: "+strings.Join(tasks.NLVR2Variants, ", "))
 	f.BoolVar(&o.useImgType, "use-img-type", true, "nlvr2: the right image's regions get token type 2 (the official configs' use_img_type)")
 	f.BoolVar(&o.saveLogits, "save-logits", false, "also write ids.json and logits.npy")
+	f.IntVar(&o.reMLP, "mlp", 0, "re: layers of re_output, 1 or 2 (default: what the checkpoint holds)")
 	for _, name := range []string{"task", "txt-db", "img-db", "out"} {
 		_ = cmd.MarkFlagRequired(name)
 	}
@@ -153,6 +192,10 @@ func runEval(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
 	}
 	switch {
 	case o.task == "pretrain":
+	case o.task == "re":
+		return runEvalRE(ctx, o, stdout, stderr)
+	case o.task == "itr":
+		return runEvalITR(ctx, o, stdout, stderr)
 	case slices.Contains(tasks.DownstreamTasks, o.task):
 		return runEvalDownstream(ctx, o, stdout, stderr)
 	case slices.Contains(downstreamTasks, o.task):

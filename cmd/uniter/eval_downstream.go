@@ -47,6 +47,12 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 		}
 		fmt.Fprintf(stderr, "eval: vqa: %d answers from %s\n", len(dopts.Answers), src)
 	}
+	imgEntry := o.imgDB
+	if o.task == "vcr" {
+		// inf_vcr.py scores every rationale after every answer.
+		dopts.VCRAllRationales = true
+		imgEntry = train.VCRImgEntry(o.gtImgDB, o.imgDB)
+	}
 	task, err := tasks.NewDownstream(o.task, m, dopts)
 	if err != nil {
 		return fmt.Errorf("eval: %w", err)
@@ -69,7 +75,7 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 	}
 	dbs := train.NewDBs(o.imgOpts)
 	defer dbs.Close()
-	ds, err := train.OpenDownstream(dbs, task, o.txtDB, o.imgDB, data.DownstreamOptions{MaxTxtLen: o.maxTxtLen, ImgDim: m.Cfg.ImgDim, MaxWords: m.Cfg.MaxPositionEmbeddings - 2}, m.Cfg.VocabSize)
+	ds, err := train.OpenDownstream(dbs, task, o.txtDB, imgEntry, data.DownstreamOptions{MaxTxtLen: o.maxTxtLen, ImgDim: m.Cfg.ImgDim, MaxWords: m.Cfg.MaxPositionEmbeddings - 2}, m.Cfg.VocabSize)
 	if err != nil {
 		return err
 	}
@@ -104,6 +110,9 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 	if o.task == "nlvr2" {
 		report["variant"] = o.variant
 	}
+	if o.gtImgDB != "" {
+		report["gt_img_db"] = o.gtImgDB
+	}
 	for k, v := range metrics {
 		report[k] = v
 	}
@@ -120,9 +129,18 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 		b    []byte
 	}
 	files := []file{{"results" + ext, results}}
+	if o.task == "vcr" {
+		// inf_vcr.py's submission csv beside its json.
+		csv, err := tasks.VCRSubmissionCSV(ev)
+		if err != nil {
+			return err
+		}
+		files = append(files, file{"results.csv", csv})
+	}
 	if o.saveLogits {
 		path := filepath.Join(o.out, "logits.npy")
-		if err := npy.WriteFloat32(path, []int{len(ev.IDs), task.Classes()}, ev.Logits); err != nil {
+		shape, logits := tasks.SavedLogits(task, ev)
+		if err := npy.WriteFloat32(path, shape, logits); err != nil {
 			return fmt.Errorf("eval: %s: %w", path, err)
 		}
 	}
@@ -142,7 +160,7 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 		fmt.Fprintf(stdout, "%s: %d examples without targets: predictions only\n", o.task, len(ev.IDs))
 	} else {
 		fmt.Fprintf(stdout, "%s:", o.task)
-		for _, k := range []string{"acc", "loss", "consistency", "n"} {
+		for _, k := range []string{"acc", "acc_qa", "acc_qar", "loss", "consistency", "n"} {
 			if v, ok := metrics[k]; ok {
 				fmt.Fprintf(stdout, "  %s %.4f", k, v)
 			}

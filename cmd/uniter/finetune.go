@@ -31,6 +31,10 @@ Tasks:
   nlvr2  image pairs; "model" picks paired-attn (default), paired or triplet,
          use_img_type the third token type for the right image; metrics acc
          and consistency
+  vcr    Q->A and QA->R choice rows on the ground-truth then detected boxes
+         (img_db "gt_dir;det_dir"); checkpoint_from pretrain (default: a
+         first-stage checkpoint, tables grown after loading) or vcr_pretrain
+         (the second-stage one); metrics acc_qa, acc_qar, acc (Q->AR)
 
 The config is an official train-*.json (every key it holds loads) or a YAML
 copy (configs/finetune-*.yaml); keys of another task's config are ignored

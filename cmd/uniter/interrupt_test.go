@@ -31,15 +31,17 @@ func signalAfterRows(out string, rows, n int, sig syscall.Signal) {
 }
 
 // TestInterruptTellsTheTruth: an interrupted run exits 130 (SIGINT) or 143
-// (SIGTERM), says how to continue, does not claim to have finished or
-// draw its bar to 100%; a second signal skips validation.
+// (SIGTERM), says how to continue, and does not claim to have finished or
+// draw its bar to 100%. (A second signal's effect, skipping validation, is
+// train's TestHurrySkipsValidation: here it could arrive after the run
+// handed the signals back and kill the test.)
 func TestInterruptTellsTheTruth(t *testing.T) {
 	cfg, _ := pretrainConfig(t, "valid_steps: 1")
 	for _, c := range []struct {
 		sig  syscall.Signal
 		n    int
 		code int
-	}{{syscall.SIGINT, 1, 130}, {syscall.SIGTERM, 1, 143}, {syscall.SIGINT, 2, 130}} {
+	}{{syscall.SIGINT, 1, 130}, {syscall.SIGTERM, 1, 143}} {
 		out := t.TempDir()
 		signalAfterRows(out, 3, c.n, c.sig)
 		o, err := runUniter(t, "pretrain", "--config", cfg, "--output", out, "--set", "num_train_steps=100000")
@@ -52,9 +54,6 @@ func TestInterruptTellsTheTruth(t *testing.T) {
 		}
 		if strings.Contains(o, "finished at step") || strings.Contains(o, "100%") {
 			t.Errorf("%v: an interrupted run claims to have finished:\n%s", c.sig, o)
-		}
-		if c.n == 2 && !strings.Contains(o, "again: saving the checkpoint") {
-			t.Errorf("second %v not acknowledged:\n%s", c.sig, o)
 		}
 		latest, err := train.LatestCheckpoint(filepath.Join(out, "ckpt"))
 		if err != nil || latest == "" {

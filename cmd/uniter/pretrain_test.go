@@ -211,7 +211,7 @@ func TestEvalErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--task", "vcr"}, "task vcr: not available yet"},
+		{[]string{"--task", "vcr"}, "--checkpoint is required"},
 		{[]string{"--task", "vqa"}, "--checkpoint is required"},
 		{[]string{"--task", "caption"}, `--task "caption"`},
 		{[]string{"--task", "pretrain", "--tasks", "mlm,vqa"}, `--tasks "vqa"`},

@@ -58,6 +58,10 @@ type Example struct {
 	// Targets is a per-example soft target vector (VQA answer scores); all
 	// examples of a batch must have the same length.
 	Targets []float32
+	// Boxes is a referring expression's geometry in pixels, kept in float64
+	// as the original's numpy does: the target box x, y, w, h, then the
+	// image width and height (REBoxDim values); nil for other tasks.
+	Boxes []float64
 }
 
 // Batch is a collated, padded batch in the layout the model consumes. Text
@@ -129,7 +133,19 @@ type Batch struct {
 	Targets []float32
 	// TargetDim is the length of each example's Targets.
 	TargetDim int
+	// Boxes [B/RowsPerExample*REBoxDim]: each example's Boxes (RE); nil
+	// when the examples have none.
+	Boxes []float64
+
+	// Rows are uncollated rows for a task that builds its own sub-batches
+	// from them (ITR hard negatives score hundreds of candidate pairs in
+	// chunks and train on a few): such a batch carries only the per-example
+	// fields and the lengths of each example's first row.
+	Rows []*Example
 }
+
+// REBoxDim is the length of a referring expression's Boxes.
+const REBoxDim = 6
 
 // Collate pads examples, one row each, into a batch. imgDim is the region
 // feature size every example's ImgFeat rows must have.
@@ -247,6 +263,7 @@ func CollateRows(exs []*Example, imgDim, perExample int) (*Batch, error) {
 				b.Labels[e] = ex.Label
 			}
 			b.Targets = append(b.Targets, ex.Targets...)
+			b.Boxes = append(b.Boxes, ex.Boxes...)
 		}
 	}
 	if (len(b.MRCLabels) != 0 && len(b.MRCLabels) != b.NMasked) || (len(b.MRCSoft) != 0 && len(b.MRCSoft) != b.NMasked*LabelDim) {

@@ -28,6 +28,10 @@ type TokenBucketSampler struct {
 	DropLast bool
 	// Seed, with the epoch, determines the order.
 	Seed uint64
+	// Sequential keeps the examples and the batches in index order, every
+	// epoch alike (no shuffle): train_re.py's DataLoader over a dataset
+	// whose order its per-epoch shuffle never reaches.
+	Sequential bool
 }
 
 // NewTokenBucketSampler returns a sampler with the official bucket size and
@@ -56,6 +60,9 @@ func (s TokenBucketSampler) Batches(lens []int, epoch int) ([][]int, error) {
 			return nil, fmt.Errorf("token bucket sampler: example %d has negative length %d", i, lens[i])
 		}
 		ids[i] = i
+	}
+	if s.Sequential {
+		return s.pack(ids, lens)
 	}
 	rng.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
 

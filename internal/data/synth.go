@@ -157,8 +157,8 @@ func (s *SynthSummary) WriteTo(w io.Writer) (int64, error) {
 //	world.json                 options, classes (detector ids 1..K), colours, vocabulary size
 //	img/synth_{train,val}/     detected regions of every image (feat_th0.2_max100_min10 + nbb json)
 //	img/vcr_gt_{split}/        ground-truth boxes of the VCR images
-//	img/re_gt_{split}/         ground-truth boxes of the RE images (visual_grounding_coco_gt_%012d.npz)
-//	img/re_det_{split}/        detected regions of the RE images (visual_grounding_det_coco_%012d.npz)
+//	img/re_coco_gt_{split}/    ground-truth boxes of the RE images (visual_grounding_coco_gt_%012d.npz)
+//	img/re_coco_det_{split}/   detected regions of the RE images (visual_grounding_det_coco_%012d.npz)
 //	txt/pretrain_{split}.db/   captions (MLM, MRM, ITM)
 //	txt/vqa_{split}.db/        questions, target {labels, scores}; ans2label.json
 //	txt/ve_{split}.db/         hypotheses, target labels contradiction 0 / entailment 1 / neutral 2; ans2label.json
@@ -315,7 +315,7 @@ type renderJob struct {
 // so an image's detections are identical in every db that holds them.
 func (s *synthesizer) writeImgDB(rel string, split uint64, jobs []renderJob) error {
 	dir := filepath.Join(s.dir, rel)
-	w, err := db.CreateImgDB(dir, db.DefaultImgDBOptions(), false)
+	w, err := db.CreateImgDB(dir, synthImgDBOptions(rel), false)
 	if err != nil {
 		return err
 	}
@@ -378,7 +378,7 @@ func (s *synthesizer) writeImages(sp *synthSplit) error {
 	for _, d := range []struct {
 		rel  string
 		jobs []renderJob
-	}{{"img/synth_" + sp.name, det}, {"img/vcr_gt_" + sp.name, vcrGT}, {"img/re_gt_" + sp.name, reGT}, {"img/re_det_" + sp.name, reDet}} {
+	}{{"img/synth_" + sp.name, det}, {"img/vcr_gt_" + sp.name, vcrGT}, {"img/re_coco_gt_" + sp.name, reGT}, {"img/re_coco_det_" + sp.name, reDet}} {
 		if err := s.writeImgDB(d.rel, sp.index, d.jobs); err != nil {
 			return err
 		}
@@ -574,6 +574,9 @@ func (s *synthesizer) writeVCR(sp *synthSplit) error {
 				"input_ids_as": as, "input_ids_rs": rs, "qa_target": it.ans, "qar_target": it.rat,
 				"img_fname": []string{vcrGTName(sp.name, i), im.name}}
 			if err := t.put(id, ex); err != nil {
+				return err
+			}
+			if err := putVCRLens(t.w, id, ex); err != nil {
 				return err
 			}
 		}

@@ -141,6 +141,17 @@ func openImg(t *testing.T, dir, rel string) *db.ImgDB {
 	return d
 }
 
+// openREImg opens an RE (or VCR ground-truth) img_db as the original does
+// (conf_th -1, num_bb 100: feat_numbb100).
+func openREImg(t *testing.T, dir, rel string) *db.ImgDB {
+	t.Helper()
+	d, err := db.OpenImgDB(filepath.Join(dir, rel), REGroundTruthOptions(db.DefaultImgDBOptions()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 func readJSONFile(t *testing.T, path string, v any) {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -159,7 +170,7 @@ func TestSynthReadBack(t *testing.T) {
 		for _, task := range []string{"pretrain", "vqa", "ve", "nlvr2", "vcr", "re", "itr"} {
 			want["txt/"+task+"_"+split+".db"] = true
 		}
-		for _, img := range []string{"synth", "vcr_gt", "re_gt", "re_det"} {
+		for _, img := range []string{"synth", "vcr_gt", "re_coco_gt", "re_coco_det"} {
 			want["img/"+img+"_"+split] = true
 		}
 	}
@@ -178,9 +189,9 @@ func TestSynthReadBack(t *testing.T) {
 	vocab := SynthVocab()
 	for _, split := range []string{"train", "val"} {
 		dets := openImg(t, dir, "img/synth_"+split)
-		vcrGT := openImg(t, dir, "img/vcr_gt_"+split)
-		reGT := openImg(t, dir, "img/re_gt_"+split)
-		reDet := openImg(t, dir, "img/re_det_"+split)
+		vcrGT := openREImg(t, dir, "img/vcr_gt_"+split)
+		reGT := openREImg(t, dir, "img/re_coco_gt_"+split)
+		reDet := openREImg(t, dir, "img/re_coco_det_"+split)
 		imgFor := map[string]*db.ImgDB{"pretrain": dets, "vqa": dets, "ve": dets, "nlvr2": dets, "itr": dets, "re": reGT}
 		for task, img := range imgFor {
 			txt := openTxt(t, dir, "txt/"+task+"_"+split+".db")
@@ -491,8 +502,12 @@ func TestSynthCaptionsPinImages(t *testing.T) {
 // clutter fragments whose second class equals their own included.
 func TestSynthSoftLabelsSum(t *testing.T) {
 	dir, _ := testWorld(t)
-	for _, rel := range []string{"img/synth_train", "img/synth_val", "img/vcr_gt_train", "img/re_gt_train", "img/re_det_train"} {
-		img := openImg(t, dir, rel)
+	for _, rel := range []string{"img/synth_train", "img/synth_val", "img/vcr_gt_train", "img/re_coco_gt_train", "img/re_coco_det_train"} {
+		open := openImg
+		if strings.HasPrefix(rel, "img/re_coco_") || strings.HasPrefix(rel, "img/vcr_gt_") {
+			open = openREImg
+		}
+		img := open(t, dir, rel)
 		names, err := img.Names()
 		if err != nil {
 			t.Fatal(err)

@@ -21,6 +21,17 @@ type DownstreamOptions struct {
 	// (max_position_embeddings - 2): an evaluation keeps every text and
 	// must not fail on one long question halfway through.
 	MaxWords int
+	// Train marks a training split: VCR's Q->A and QA->R choice examples
+	// rather than its evaluation layout.
+	Train bool
+	// GTBoxes makes an RE dataset read its img_db as the ground-truth
+	// boxes whatever its path (the original decides by "coco_gt" in it).
+	GTBoxes bool
+	// Seed draws the epoch-dependent randomness of a dataset (retrieval
+	// negatives), with the epoch and the example.
+	Seed uint64
+	// ITR configures the image-text retrieval datasets (ITRSet).
+	ITR ITROptions
 }
 
 // txtImgSet is a txt_db's examples, each with a fixed number of images, as

@@ -206,7 +206,9 @@ func (m Meta) MarshalJSON() ([]byte, error) {
 	out["CLS"], out["SEP"], out["MASK"], out["UNK"] = m.CLS, m.SEP, m.MASK, m.UNK
 	out["v_range"] = m.VRange
 	if m.Tokenizer != "" {
-		out["bert"] = m.Tokenizer
+		// Both spellings: most official readers take "bert", train_re.py
+		// and later prepro.py dbs "toker".
+		out["bert"], out["toker"] = m.Tokenizer, m.Tokenizer
 	}
 	return json.Marshal(out)
 }

@@ -25,7 +25,11 @@ type TxtWriter struct {
 	order    []string       // ids in Put order, id2len.json's order
 	txt2img  map[string]any // a name, or a list of names
 	img2txts map[string][]string
-	closed   bool
+	// lensFiles are further {id: len} side files (VCR's id2len_qa.json
+	// and id2len_qar.json), by name, in the order PutLen first named them.
+	lensFiles map[string]*orderedLensJSON
+	lensNames []string
+	closed    bool
 }
 
 // CreateTxtDB creates a txt_db in dir, which must not hold one already (the
@@ -145,6 +149,11 @@ func (w *TxtWriter) Close() error {
 		v    any
 	}{{"meta.json", w.meta}, {"id2len.json", orderedLensJSON{w.order, w.id2len}}, {"txt2img.json", w.txt2img}, {"img2txts.json", w.img2txts}} {
 		if err := writeJSONAtomic(filepath.Join(w.dir, side.name), side.v); err != nil {
+			return fmt.Errorf("txt_db %s: %w", w.dir, err)
+		}
+	}
+	for _, name := range w.lensNames {
+		if err := writeJSONAtomic(filepath.Join(w.dir, name), *w.lensFiles[name]); err != nil {
 			return fmt.Errorf("txt_db %s: %w", w.dir, err)
 		}
 	}

@@ -167,6 +167,13 @@ func (m *Model) Backend() compute.Backend { return m.be }
 // SetTrain switches dropout on (training) or off (evaluation).
 func (m *Model) SetTrain(train bool) { m.run.train = train }
 
+// Training reports whether dropout is on (SetTrain).
+func (m *Model) Training() bool { return m.run.train }
+
+// StepSeed is the dropout seed SetStepSeed last set: a task that runs
+// several training forwards in one micro-batch derives theirs from it.
+func (m *Model) StepSeed() uint64 { return m.run.stepSeed }
+
 // SetStepSeed sets the seed of every dropout mask of the next forward; the
 // trainer advances it each micro-batch so runs are reproducible.
 func (m *Model) SetStepSeed(seed uint64) { m.run.stepSeed = seed }

@@ -63,3 +63,22 @@ func WriteFloat32(path string, shape []int, data []float32) error {
 	}
 	return nil
 }
+
+// Float32Bytes is data as the little-endian bytes of a .npy body, for
+// writers that fill a file piece by piece.
+func Float32Bytes(data []float32) []byte {
+	b := make([]byte, 4*len(data))
+	for i, v := range data {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
+	}
+	return b
+}
+
+// Float32sFrom decodes little-endian float32 bytes (a .npy body).
+func Float32sFrom(b []byte) []float32 {
+	out := make([]float32, len(b)/4)
+	for i := range out {
+		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return out
+}

@@ -12,7 +12,7 @@ import (
 )
 
 // DownstreamTasks are the fine-tuning tasks NewDownstream builds.
-var DownstreamTasks = []string{"vqa", "ve", "nlvr2"}
+var DownstreamTasks = []string{"vqa", "ve", "nlvr2", "re", "itr", "vcr"}
 
 // DownstreamOptions configure a downstream task's head.
 type DownstreamOptions struct {
@@ -25,6 +25,20 @@ type DownstreamOptions struct {
 	UseImgType bool
 	// FP16 emulates fp16 gradients into the backbone.
 	FP16 bool
+	// CheckpointFrom is VCR's checkpoint_from for the configured initial
+	// checkpoint ("" checks nothing: a resume, an evaluation).
+	CheckpointFrom string
+	// VCRAllRationales makes VCR evaluation sets score every rationale
+	// after every answer (uniter eval, as inf_vcr.py).
+	VCRAllRationales bool
+	// MLP is the RE head's depth, the official "mlp" (0 means 1).
+	MLP int
+	// Margin, HardNegSize and InfMinibatch configure ITR: the hinge
+	// margin, the hard negatives trained on (0: the plain recipe) and the
+	// rows per scoring forward.
+	Margin       float64
+	HardNegSize  int
+	InfMinibatch int
 }
 
 // NewDownstream registers task name's head on m.
@@ -34,12 +48,18 @@ func NewDownstream(name string, m *model.Model, o DownstreamOptions) (Downstream
 		return NewVQA(m, "vqa", o.Answers, o.FP16)
 	case "ve":
 		return NewVE(m, o.FP16)
+	case "vcr":
+		return NewVCR(m, o.CheckpointFrom, o.VCRAllRationales, o.FP16), nil
 	case "nlvr2":
 		v := o.Variant
 		if v == "" {
 			v = NLVR2PairedAttn
 		}
 		return NewNLVR2(m, v, o.UseImgType, o.FP16)
+	case "re":
+		return NewRE(m, o.MLP, o.FP16)
+	case "itr":
+		return NewITR(m, o.Margin, o.HardNegSize, o.InfMinibatch, o.FP16)
 	}
 	return nil, fmt.Errorf("task %q: want one of %s", name, strings.Join(DownstreamTasks, ", "))
 }

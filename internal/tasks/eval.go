@@ -26,7 +26,10 @@ type Eval struct {
 	// (--save-logits).
 	KeepLogits bool
 	Logits     []float32
-	unlabeled  int
+	// Boxes (RE) are the examples' predicted and target boxes, REBoxes
+	// values each (Result.Boxes).
+	Boxes     []float64
+	unlabeled int
 }
 
 // Add records one batch's step result. Mixing batches with and without
@@ -34,6 +37,7 @@ type Eval struct {
 func (e *Eval) Add(task Downstream, b *data.Batch, r Result) error {
 	e.IDs = append(e.IDs, b.IDs...)
 	e.Pred = append(e.Pred, r.Pred...)
+	e.Boxes = append(e.Boxes, r.Boxes...)
 	labelled := r.Count > 0
 	if labelled {
 		if e.unlabeled > 0 {
@@ -55,7 +59,7 @@ func (e *Eval) Add(task Downstream, b *data.Batch, r Result) error {
 		}
 		e.unlabeled += r.Examples
 	}
-	if e.KeepLogits {
+	if e.KeepLogits || keepsLogits(task) {
 		e.Logits = append(e.Logits, task.Model().Backend().ToF32(r.Logits)...)
 	}
 	return nil
@@ -86,6 +90,7 @@ func (e *Eval) Append(o *Eval) error {
 	e.Pred = append(e.Pred, o.Pred...)
 	e.Labels = append(e.Labels, o.Labels...)
 	e.Logits = append(e.Logits, o.Logits...)
+	e.Boxes = append(e.Boxes, o.Boxes...)
 	e.LossSum += o.LossSum
 	e.Score += o.Score
 	e.N += o.N
@@ -101,12 +106,13 @@ type evalWire struct {
 	N, Unlabeled   int
 	KeepLogits     bool
 	Logits         []float32
+	Boxes          []float64 `json:",omitempty"`
 }
 
 // MarshalJSON encodes every field, the count of unlabelled examples too.
 func (e *Eval) MarshalJSON() ([]byte, error) {
 	return json.Marshal(evalWire{IDs: e.IDs, Pred: e.Pred, Labels: e.Labels, LossSum: e.LossSum, Score: e.Score,
-		N: e.N, Unlabeled: e.unlabeled, KeepLogits: e.KeepLogits, Logits: e.Logits})
+		N: e.N, Unlabeled: e.unlabeled, KeepLogits: e.KeepLogits, Logits: e.Logits, Boxes: e.Boxes})
 }
 
 // UnmarshalJSON decodes what MarshalJSON wrote.
@@ -116,6 +122,6 @@ func (e *Eval) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*e = Eval{IDs: w.IDs, Pred: w.Pred, Labels: w.Labels, LossSum: w.LossSum, Score: w.Score, N: w.N,
-		unlabeled: w.Unlabeled, KeepLogits: w.KeepLogits, Logits: w.Logits}
+		unlabeled: w.Unlabeled, KeepLogits: w.KeepLogits, Logits: w.Logits, Boxes: w.Boxes}
 	return nil
 }

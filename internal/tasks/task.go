@@ -97,6 +97,9 @@ type Result struct {
 	// Logits [Examples, Classes] are the raw scores on the device, valid
 	// until the next Step.
 	Logits *compute.Tensor
+	// Boxes (RE) holds each example's predicted then target box, x y w h
+	// in pixels (REBoxes values an example); nil for other tasks.
+	Boxes []float64
 }
 
 // checkBatch rejects an empty or inconsistent batch before any work.

@@ -33,6 +33,12 @@ type Config struct {
 	// Checkpoint initialises the weights (official .pt or our checkpoint
 	// directory); empty means random initialisation from Seed.
 	Checkpoint string `mapstructure:"checkpoint" yaml:"checkpoint"`
+	// CheckpointFrom is VCR's checkpoint_from (train_vcr.py): "pretrain"
+	// (the default) takes a first-stage checkpoint and grows the token
+	// type and word tables after loading it; "vcr_pretrain" takes one with
+	// the tables grown (the second-stage pretraining's). A checkpoint of
+	// the other kind is refused.
+	CheckpointFrom string `mapstructure:"checkpoint_from" yaml:"checkpoint_from,omitempty"`
 
 	// Pretraining data: datasets with their tasks and mix ratios.
 	TrainDatasets []DatasetConfig `mapstructure:"train_datasets" yaml:"train_datasets,omitempty"`
@@ -58,6 +64,25 @@ type Config struct {
 	Variant string `mapstructure:"variant" yaml:"variant,omitempty"`
 	// UseImgType gives NLVR2's right image the third token type.
 	UseImgType bool `mapstructure:"use_img_type" yaml:"use_img_type"`
+	// MLP is the referring-expression head, the official "mlp": 1
+	// (re_output Linear(H,1)) or 2 (Linear, GELU, LayerNorm, Linear(H,1)).
+	MLP int `mapstructure:"mlp" yaml:"mlp,omitempty"`
+	// Decay is train_re.py's "decay" (linear, invsqrt or constant). The
+	// original's get_lr_sched never reads it and always decays linearly
+	// after warmup, and so does uniter; the value is only checked.
+	Decay string `mapstructure:"decay" yaml:"decay,omitempty"`
+	// Image-text retrieval (itr, train-itm-*.json). NegativeSize is the
+	// negatives per positive (plain: that many images and texts; hard
+	// negatives: the candidates of each side); HardNegSize > 0 selects the
+	// hard-negative recipe (train_itm_hard_negatives.py) and is the
+	// negatives trained on; InfMinibatchSize is the rows per scoring
+	// forward and the candidates of the cheap validation; Margin is the
+	// hinge margin; FullVal validates by the full ranking instead.
+	NegativeSize     int     `mapstructure:"negative_size" yaml:"negative_size,omitempty"`
+	HardNegSize      int     `mapstructure:"hard_neg_size" yaml:"hard_neg_size,omitempty"`
+	InfMinibatchSize int     `mapstructure:"inf_minibatch_size" yaml:"inf_minibatch_size,omitempty"`
+	Margin           float64 `mapstructure:"margin" yaml:"margin,omitempty"`
+	FullVal          bool    `mapstructure:"full_val" yaml:"full_val,omitempty"`
 	// Optim is the optimizer; the official configs all say adamw, the only
 	// one implemented. (Keys of the official configs that no run reads,
 	// pin_mem, compressed_db, rank and those of tasks not implemented,
@@ -65,7 +90,8 @@ type Config struct {
 	Optim string `mapstructure:"optim" yaml:"optim"`
 
 	// TrainBatchSize and ValBatchSize are token budgets (padded tokens per
-	// micro-batch), as the official batch_size of the TokenBucketSampler.
+	// micro-batch), as the official batch_size of the TokenBucketSampler;
+	// for re they count sentences, as train_re.py batches by examples.
 	TrainBatchSize            int `mapstructure:"train_batch_size" yaml:"train_batch_size"`
 	ValBatchSize              int `mapstructure:"val_batch_size" yaml:"val_batch_size"`
 	GradientAccumulationSteps int `mapstructure:"gradient_accumulation_steps" yaml:"gradient_accumulation_steps"`
@@ -157,6 +183,16 @@ func DefaultConfigFor(task string) Config {
 		if task == "vqa" {
 			c.LRMul = 10
 		}
+		if task == "re" {
+			// train_re.py's defaults; it validates once per epoch
+			// (valid_steps 0).
+			c.MLP, c.Decay, c.ValidSteps = 1, "linear", 0
+		}
+		if task == "itr" {
+			// train_itm.py's defaults; train_batch_size counts positives.
+			c.NegativeSize, c.InfMinibatchSize, c.Margin = 1, 400, 0.2
+			c.TrainBatchSize, c.GradientAccumulationSteps = 128, 16
+		}
 	}
 	return c
 }
@@ -202,9 +238,11 @@ func SetDefaults(v *viper.Viper, task string) {
 var (
 	pretrainKeys = []string{"train_datasets", "val_datasets", "mrm_prob", "itm_neg_prob", "itm_ot_lambda"}
 	finetuneKeys = []string{"train_txt_dbs", "train_img_dbs", "train_txt_db", "train_img_db", "val_txt_db",
-		"val_img_db", "test_txt_db", "test_img_db", "ans2label", "variant", "use_img_type"}
+		"val_img_db", "test_txt_db", "test_img_db", "ans2label", "variant", "use_img_type", "mlp", "decay",
+		"negative_size", "hard_neg_size", "inf_minibatch_size", "margin", "full_val", "checkpoint_from"}
 	// taskOnlyKeys are used by one downstream task alone.
-	taskOnlyKeys = map[string][]string{"vqa": {"ans2label"}, "nlvr2": {"variant", "use_img_type"}}
+	taskOnlyKeys = map[string][]string{"vqa": {"ans2label"}, "nlvr2": {"variant", "use_img_type"}, "re": {"mlp", "decay"},
+		"itr": {"negative_size", "hard_neg_size", "inf_minibatch_size", "margin", "full_val"}, "vcr": {"checkpoint_from"}}
 )
 
 // ignoredKeys are the keys of the official config/*.json files that no run
@@ -216,18 +254,8 @@ var ignoredKeys = map[string]string{
 	"pin_mem":       "host memory is not pinned",
 	"compressed_db": "img_dbs are read in the layout they have",
 	"rank":          "the launcher sets the rank",
-	// Image-text retrieval (train-itm-*.json).
-	"negative_size":      "itm retrieval is not implemented",
-	"hard_neg_size":      "itm retrieval is not implemented",
-	"inf_minibatch_size": "itm retrieval is not implemented",
-	"margin":             "itm retrieval is not implemented",
-	"full_val":           "itm retrieval is not implemented",
 	// Referring expressions (train-refcoco*.json).
-	"decay":    "the schedule is always warmup-linear",
-	"mlp":      "refcoco is not implemented",
-	"mask_dir": "refcoco is not implemented",
-	// VCR (train-vcr-*.json).
-	"checkpoint_from": "vcr is not implemented",
+	"mask_dir": "train_re.py never reads it",
 }
 
 // unusedKeys lists the keys of settings that task does not read, each as
@@ -557,7 +585,7 @@ func (c *Config) Validate() error {
 	}{
 		{"train_batch_size", c.TrainBatchSize}, {"val_batch_size", c.ValBatchSize},
 		{"gradient_accumulation_steps", c.GradientAccumulationSteps}, {"num_train_steps", c.NumTrainSteps},
-		{"valid_steps", c.ValidSteps}, {"save_steps", c.SaveSteps}, {"keep_ckpts", c.KeepCkpts},
+		{"valid_steps", checkedValidSteps(c)}, {"save_steps", c.SaveSteps}, {"keep_ckpts", c.KeepCkpts},
 		{"log_steps", c.LogSteps}, {"n_workers", c.NWorkers}, {"loss_scale_window", c.LossScaleWindow},
 		{"max_bb", c.MaxBB}, {"min_bb", c.MinBB}, {"num_bb", c.NumBB},
 	}
@@ -614,7 +642,7 @@ func (c *Config) Validate() error {
 }
 
 // FinetuneTasks are the downstream tasks uniter finetune trains.
-var FinetuneTasks = []string{"vqa", "ve", "nlvr2"}
+var FinetuneTasks = []string{"vqa", "ve", "nlvr2", "re", "itr", "vcr"}
 
 // validateFinetune checks the keys of a fine-tuning run.
 func (c *Config) validateFinetune() error {
@@ -635,6 +663,25 @@ func (c *Config) validateFinetune() error {
 	}
 	if c.Task == "nlvr2" && c.Variant == "" {
 		c.Variant = "paired-attn"
+	}
+	if c.Task == "vcr" {
+		if c.CheckpointFrom == "" {
+			c.CheckpointFrom = "pretrain"
+		}
+		if c.CheckpointFrom != "pretrain" && c.CheckpointFrom != "vcr_pretrain" {
+			return bad("checkpoint_from", c.CheckpointFrom, "want pretrain or vcr_pretrain (train_vcr.py's choices)")
+		}
+	}
+	if c.Task == "itr" {
+		if err := c.validateITR(); err != nil {
+			return err
+		}
+	}
+	if c.Task == "re" && c.MLP != 1 && c.MLP != 2 {
+		return bad("mlp", c.MLP, "want 1 or 2 (the re_output layers)")
+	}
+	if c.Task == "re" && !slices.Contains([]string{"linear", "invsqrt", "constant"}, c.Decay) {
+		return bad("decay", c.Decay, "want linear, invsqrt or constant (train_re.py's choices; each decays linearly, as there)")
 	}
 	if c.Task == "nlvr2" && !slices.Contains([]string{"paired-attn", "paired", "triplet"}, c.Variant) {
 		return bad("model", c.Variant, "want paired-attn, paired or triplet")

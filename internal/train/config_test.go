@@ -183,6 +183,12 @@ func TestFinetuneConfigs(t *testing.T) {
 		{"finetune-ve-large-4gpu", "ve", 4096, 2, 4000, 400, 3e-5, 1, "", 1, ""},
 		{"finetune-nlvr2-base-1gpu", "nlvr2", 10240, 1, 8000, 800, 3e-5, 1, "paired-attn", 1, ""},
 		{"finetune-nlvr2-large-2gpu", "nlvr2", 5120, 2, 5000, 500, 2e-5, 1, "paired-attn", 1, ""},
+		// ITR batches count positives; hard negatives accumulate train_batch_size of them.
+		{"finetune-itr-flickr-base-8gpu", "itr", 40, 4, 20000, 2000, 5e-5, 1, "", 1, ""},
+		{"finetune-itr-flickr-base-16gpu-hn", "itr", 8, 8, 5000, 500, 5e-5, 1, "", 1, ""},
+		{"finetune-itr-coco-base-16gpu-hn", "itr", 8, 8, 5000, 500, 5e-5, 1, "", 2, ""},
+		{"finetune-vcr-base-4gpu", "vcr", 4000, 5, 8000, 800, 6e-5, 1, "", 1, ""},
+		{"finetune-vcr-large-4gpu", "vcr", 4000, 5, 8000, 800, 6e-5, 1, "", 1, ""},
 	}
 	for _, c := range cases {
 		yamlPath := filepath.Join("..", "..", "configs", c.file+".yaml")
@@ -234,9 +240,9 @@ type originalConfig struct {
 
 // originalConfigs rebuilds every training config of the reference: the
 // pretraining ones (pretrain-*), the fine-tuning ones of the tasks uniter
-// finetune trains (vqa, ve, nlvr2), and those of the tasks not implemented
-// yet (itm retrieval, refcoco, vcr), which are loaded for ve to show that
-// their keys do not break a config of an implemented task.
+// finetune trains (vqa, ve, nlvr2, vcr, itr), and some loaded for ve to
+// show that their keys do not break another task's config; the refcoco
+// ones load for re (and one for ve too).
 func originalConfigs(base, large string) []originalConfig {
 	with := func(m map[string]any, kv ...any) map[string]any {
 		out := map[string]any{}
@@ -327,16 +333,20 @@ func originalConfigs(base, large string) []originalConfig {
 		{"train-ve-large-4gpu", "ve", with(ve, "model_config", large), []string{"compressed_db", "pin_mem"}},
 		{"train-nlvr2-base-1gpu", "nlvr2", nlvr2, []string{"pin_mem"}},
 		{"train-nlvr2-large-2gpu", "nlvr2", with(nlvr2, "model_config", large), []string{"pin_mem"}},
-		{"train-itm-coco-base-16gpu-hn", "ve", itm, itmIgnored},
-		{"train-itm-coco-large-16gpu-hn", "ve", with(itm, "model_config", large, "full_val", false), itmIgnored},
-		{"train-itm-flickr-base-16gpu-hn", "ve", itm, itmIgnored},
-		{"train-itm-flickr-base-8gpu", "ve", itm8, []string{"compressed_db", "full_val", "inf_minibatch_size", "margin", "negative_size", "pin_mem"}},
-		{"train-itm-flickr-large-16gpu-hn", "ve", with(itm, "model_config", large), itmIgnored},
-		{"train-refcoco-base-1gpu", "ve", re, []string{"compressed_db", "decay", "pin_mem"}},
-		{"train-refcoco+-base-1gpu", "ve", rePlus, []string{"compressed_db", "decay", "mask_dir", "mlp", "pin_mem"}},
-		{"train-refcocog-base-1gpu", "ve", re, []string{"compressed_db", "decay", "pin_mem"}},
-		{"train-vcr-base-4gpu", "ve", vcr, []string{"checkpoint_from", "pin_mem"}},
-		{"train-vcr-large-4gpu", "ve", with(vcr, "model_config", large), []string{"checkpoint_from", "pin_mem"}},
+		{"train-itm-coco-base-16gpu-hn", "itr", itm, []string{"compressed_db", "pin_mem"}},
+		{"train-itm-coco-large-16gpu-hn", "itr", with(itm, "model_config", large, "full_val", false), []string{"compressed_db", "pin_mem"}},
+		{"train-itm-flickr-base-16gpu-hn", "itr", itm, []string{"compressed_db", "pin_mem"}},
+		{"train-itm-flickr-base-8gpu", "itr", itm8, []string{"compressed_db", "pin_mem"}},
+		{"train-itm-flickr-large-16gpu-hn", "itr", with(itm, "model_config", large), []string{"compressed_db", "pin_mem"}},
+		{"train-itm-flickr-base-16gpu-hn as ve", "ve", itm, itmIgnored},
+		{"train-itm-flickr-base-8gpu as ve", "ve", itm8, []string{"compressed_db", "full_val", "inf_minibatch_size", "margin", "negative_size", "pin_mem"}},
+		{"train-refcoco-base-1gpu", "re", re, []string{"compressed_db", "pin_mem"}},
+		{"train-refcoco+-base-1gpu", "re", rePlus, []string{"compressed_db", "mask_dir", "pin_mem"}},
+		{"train-refcocog-base-1gpu", "re", re, []string{"compressed_db", "pin_mem"}},
+		{"train-refcoco+-base-1gpu as ve", "ve", rePlus, []string{"compressed_db", "decay", "mask_dir", "mlp", "pin_mem"}},
+		{"train-vcr-base-4gpu", "vcr", vcr, []string{"pin_mem"}},
+		{"train-vcr-large-4gpu", "vcr", with(vcr, "model_config", large), []string{"pin_mem"}},
+		{"train-vcr-base-4gpu as ve", "ve", vcr, []string{"checkpoint_from", "pin_mem"}},
 	}
 }
 

@@ -137,11 +137,16 @@ func OpenDataset(c *DBs, txtDirs, imgDirs []string, opts data.PretrainOptions, v
 		if err := checkVocab(txt.Meta(), dir, vocabSize); err != nil {
 			return nil, err
 		}
-		img, err := c.Img(imgDirs[i])
-		if err != nil {
-			return nil, err
+		var set pretrainSet
+		if data.IsVCRTxtDB(dir) {
+			// The second-stage VCR pretraining (pretrain_vcr.py).
+			set, err = openVCRPretrain(c, txt, imgDirs[i], opts)
+		} else {
+			var img *db.ImgDB
+			if img, err = c.Img(imgDirs[i]); err == nil {
+				set, err = data.NewPretrainSet(txt, img, opts)
+			}
 		}
-		set, err := data.NewPretrainSet(txt, img, opts)
 		if err != nil {
 			return nil, err
 		}

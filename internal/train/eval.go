@@ -17,6 +17,8 @@ type Metrics map[string]float64
 type EvalOptions struct {
 	// Budget is the token budget of a batch (val_batch_size).
 	Budget int
+	// MaxExamples caps a batch's examples (0: no cap).
+	MaxExamples int
 	// Workers decode batches ahead of the model.
 	Workers int
 	// KeepLogits keeps every example's logits on the host (--save-logits).
@@ -39,7 +41,7 @@ func evalLoader(ctx context.Context, ds Dataset, key string, o EvalOptions) (_ *
 	if err != nil {
 		return nil, 0, err
 	}
-	batches, err := data.SequentialBatches(lens, o.Budget, 0)
+	batches, err := data.SequentialBatches(lens, o.Budget, o.MaxExamples)
 	if err != nil {
 		return nil, 0, err
 	}

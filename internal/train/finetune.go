@@ -9,6 +9,7 @@ import (
 	"uniter/internal/atomicfile"
 	"uniter/internal/ckpt"
 	"uniter/internal/data"
+	"uniter/internal/db"
 	"uniter/internal/model"
 	"uniter/internal/tasks"
 )
@@ -32,7 +33,7 @@ func (t *Trainer) buildDownstream(r *replica, src string, sd *ckpt.StateDict, lo
 	if err != nil {
 		return err
 	}
-	o := tasks.DownstreamOptions{Variant: c.Variant, UseImgType: c.UseImgType, FP16: c.FP16}
+	o := tasks.DownstreamOptions{Variant: c.Variant, UseImgType: c.UseImgType, FP16: c.FP16, MLP: c.MLP}
 	if c.Task == "vqa" {
 		// A resumed run keeps the vocabulary it was trained with: the one
 		// stored beside its checkpoint.
@@ -45,6 +46,12 @@ func (t *Trainer) buildDownstream(r *replica, src string, sd *ckpt.StateDict, lo
 		}
 		t.ckptFiles = map[string][]byte{tasks.Ans2LabelFile: tasks.AnswersJSON(o.Answers)}
 	}
+	if src != "" && src == c.Checkpoint {
+		// checkpoint_from describes the configured checkpoint, not a
+		// resumed one (always VCR-grown).
+		o.CheckpointFrom = c.CheckpointFrom
+	}
+	o.Margin, o.HardNegSize, o.InfMinibatch = c.Margin, c.HardNegSize, c.InfMinibatchSize
 	down, err := tasks.NewDownstream(c.Task, m, o)
 	if err != nil {
 		return err
@@ -66,10 +73,22 @@ func (t *Trainer) buildDownstream(r *replica, src string, sd *ckpt.StateDict, lo
 func (t *Trainer) openDownstreamData() error {
 	c := t.cfg
 	t.dbs = NewDBs(c.ImgDBOptions())
-	opts := data.DownstreamOptions{MaxTxtLen: c.MaxTxtLen, ImgDim: t.mc.ImgDim, MaxWords: t.mc.MaxPositionEmbeddings - 2}
+	if c.Task == "re" {
+		if err := t.dbs.OpenREGroundTruth(false, append([]string{c.ValImgDB, c.TestImgDB}, c.TrainImgDBs...)...); err != nil {
+			return err
+		}
+	}
+	opts := data.DownstreamOptions{MaxTxtLen: c.MaxTxtLen, ImgDim: t.mc.ImgDim, MaxWords: t.mc.MaxPositionEmbeddings - 2, Train: true}
+	opts.Seed, opts.ITR = c.Seed, c.itrOptions()
 	ds, err := t.openSplit("train", c.TrainTxtDBs, c.TrainImgDBs, opts)
 	if err != nil {
 		return err
+	}
+	if c.Task == "re" && c.ValidSteps == 0 {
+		if c.ValidSteps, err = t.epochSteps(ds); err != nil {
+			return err
+		}
+		fmt.Fprintf(t.opts.Log, "finetune: re: validating every epoch, %d steps\n", c.ValidSteps)
 	}
 	key := c.Task
 	t.keys = []string{key}
@@ -79,7 +98,9 @@ func (t *Trainer) openDownstreamData() error {
 		return err
 	}
 	// Validation keeps every text, as the reference's TxtTokLmdb(db, -1).
-	opts.MaxTxtLen = -1
+	opts.MaxTxtLen, opts.Train = -1, false
+	// Retrieval validation draws no negatives.
+	opts.ITR = data.ITROptions{}
 	for _, s := range []struct{ name, txt, img string }{{"val", c.ValTxtDB, c.ValImgDB}, {"test", c.TestTxtDB, c.TestImgDB}} {
 		if s.txt == "" {
 			continue
@@ -96,9 +117,13 @@ func (t *Trainer) openDownstreamData() error {
 // openSplit opens the txt/img db pairs of one split as one dataset.
 func (t *Trainer) openSplit(split string, txtDirs, imgDirs []string, o data.DownstreamOptions) (Dataset, error) {
 	var sets []member
+	var itr []*data.ITRSet
 	per := 1
 	if t.cfg.Task == "nlvr2" && t.cfg.Variant != tasks.NLVR2Triplet {
 		per = 2
+	}
+	if t.cfg.Task == "vcr" {
+		per = data.VCRChoiceRows // only training splits are concatenated
 	}
 	for i, dir := range txtDirs {
 		ds, err := OpenDownstream(t.dbs, t.down, dir, imgDirs[i], o, t.mc.VocabSize)
@@ -108,11 +133,20 @@ func (t *Trainer) openSplit(split string, txtDirs, imgDirs []string, o data.Down
 		if len(txtDirs) == 1 {
 			return ds, nil
 		}
+		if is, ok := ds.(*data.ITRSet); ok {
+			// Retrieval rows depend on the epoch (negatives): the sets
+			// concatenate themselves.
+			itr = append(itr, is)
+			continue
+		}
 		rs, ok := ds.(rowSet)
 		if !ok {
 			return nil, fmt.Errorf("%s split: %s datasets cannot be concatenated", split, t.down.Name())
 		}
 		sets = append(sets, member{Dataset: rs, n: rs.Len(), rows: func(_ string, _, i int) ([]*data.Example, error) { return rs.Rows(i) }})
+	}
+	if len(itr) > 0 {
+		return data.NewITRConcat(itr), nil
 	}
 	return newConcat(sets, t.mc.ImgDim, per), nil
 }
@@ -135,11 +169,15 @@ func OpenDownstream(c *DBs, task tasks.Downstream, txtDir, imgDir string, o data
 	if err := checkVocab(txt.Meta(), txtDir, vocabSize); err != nil {
 		return nil, err
 	}
-	img, err := c.Img(imgDir)
-	if err != nil {
-		return nil, err
+	var ds Dataset
+	if v, ok := task.(vcrOpener); ok {
+		ds, err = openVCR(c, v, txt, imgDir, o)
+	} else {
+		var img *db.ImgDB
+		if img, err = c.Img(imgDir); err == nil {
+			ds, err = task.Open(txt, img, o)
+		}
 	}
-	ds, err := task.Open(txt, img, o)
 	if err != nil {
 		return nil, err
 	}
@@ -153,6 +191,9 @@ func OpenDownstream(c *DBs, task tasks.Downstream, txtDir, imgDir string, o data
 // logs a row per split, writes the predictions to results/ and keeps the
 // best checkpoint by the val split's acc.
 func (t *Trainer) validateDownstream() error {
+	if it, ok := t.down.(*tasks.ITR); ok {
+		return t.validateITR(it)
+	}
 	var summary []string
 	for _, s := range t.splits {
 		ev, err := t.shardedEval(s.ds)

@@ -433,7 +433,13 @@ func (s *shareSource) Next() (data.Job, error) {
 // of the world's.
 func (t *Trainer) shardOptions(i int) EvalOptions {
 	w := t.world
-	return EvalOptions{Budget: t.cfg.ValBatchSize, Workers: t.cfg.NWorkers, Shard: w.Rank*w.Replicas + i, Shards: w.global()}
+	o := EvalOptions{Budget: t.cfg.ValBatchSize, Workers: t.cfg.NWorkers, Shard: w.Rank*w.Replicas + i, Shards: w.global()}
+	if t.cfg.Task == "vcr" {
+		// train_vcr.py validates with a plain DataLoader: val_batch_size
+		// counts examples there (10 in the official configs), not tokens.
+		o.Budget, o.MaxExamples = math.MaxInt32, t.cfg.ValBatchSize
+	}
+	return o
 }
 
 // shardedSums runs a pretraining validation split across every replica of

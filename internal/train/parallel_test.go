@@ -249,3 +249,35 @@ func TestLogWindowMeans(t *testing.T) {
 		}
 	}
 }
+
+// TestHurrySkipsValidation: a run told to hurry (a second interrupt)
+// abandons its validation, saves the step it reached and reports itself
+// interrupted.
+func TestHurrySkipsValidation(t *testing.T) {
+	cfg := shortRun(t, 1, func(c *Config) { c.ValidSteps = 1 })
+	out := t.TempDir()
+	tr, err := New(cfg, Options{Output: out, Backend: compute.NewCPU(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	tr.Hurry()
+	if err := tr.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !tr.Interrupted() || tr.Step() != 1 {
+		t.Fatalf("hurried run: interrupted %v at step %d, want true at 1", tr.Interrupted(), tr.Step())
+	}
+	if latest, err := LatestCheckpoint(filepath.Join(out, CkptDir)); err != nil || filepath.Base(latest) != CheckpointName(1) {
+		t.Fatalf("checkpoint %q (%v), want step 1's", latest, err)
+	}
+	recs, err := ReadMetrics(filepath.Join(out, LogDir, "metrics.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if r.String("split") != "" {
+			t.Errorf("a validation row was written: %v", r)
+		}
+	}
+}

@@ -275,6 +275,13 @@ func (t *Trainer) buildPretrain(r *replica, src string, sd *ckpt.StateDict, resu
 	r.m = m
 	r.pt = &tasks.Pretrain{M: m, H: heads, OTWeight: t.cfg.ITMOTLambda, FP16: t.cfg.FP16}
 	r.task = r.pt
+	if t.cfg.VCRPretraining() {
+		rep, err := tasks.LoadVCRPretrain(m, sd, src, !resume, t.cfg.Seed)
+		if err == nil && log {
+			t.logLoad(src, rep)
+		}
+		return err
+	}
 	if sd == nil {
 		return nil
 	}
@@ -404,6 +411,13 @@ func (t *Trainer) startLoaders() {
 	for _, key := range t.keys {
 		ds, task := t.train[key], t.taskOf[key]
 		s := data.NewTokenBucketSampler(c.TrainBatchSize, mixSeed(c.Seed, keyHash(key)), true)
+		if c.Task == "itr" {
+			// Retrieval batches count positives (Lens are all 1).
+			s = exampleSampler(c.itrBatchExamples(), s.Seed)
+		}
+		if c.Task == "re" {
+			s = reSampler(c)
+		}
 		bs := data.NewBatchStream(s, func(epoch int) ([]int, error) { return ds.Lens(task, epoch) }, 0)
 		if p, ok := t.positions[key]; ok {
 			bs.Seek(p.Next())
