@@ -25,7 +25,7 @@ func registerCompletions(root *cobra.Command) {
 	}
 	taskValues := map[string][]string{
 		"finetune": train.FinetuneTasks,
-		"eval":     append([]string{train.TaskPretrain}, downstreamTasks...),
+		"eval":     append([]string{train.TaskPretrain}, tasks.DownstreamTasks...),
 		"bench":    {"vqa"},
 	}
 	var walk func(c *cobra.Command)

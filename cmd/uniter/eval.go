@@ -24,8 +24,6 @@ import (
 
 func init() { subcommands = append(subcommands, newEvalCmd) }
 
-// downstreamTasks are the eval tasks besides pretrain.
-var downstreamTasks = []string{"vqa", "ve", "nlvr2", "vcr", "re", "itr"}
 
 type evalOpts struct {
 	mf           modelFlags
@@ -160,7 +158,7 @@ DIR as they come: rerun the same command to continue a killed ranking.`,
 	}
 	f := cmd.Flags()
 	o.mf.register(f)
-	f.StringVar(&o.task, "task", "", "pretrain (or a downstream task: "+strings.Join(downstreamTasks, " ")+")")
+	f.StringVar(&o.task, "task", "", "pretrain (or a downstream task: "+strings.Join(tasks.DownstreamTasks, " ")+")")
 	f.StringVar(&o.txtDB, "txt-db", "", "official txt_db directory")
 	f.StringVar(&o.imgDB, "img-db", "", "official img_db directory")
 	f.StringVar(&o.gtImgDB, "gt-img-db", "", "vcr: the ground-truth-box img_db (read as feat_numbb100), its regions before --img-db's; re: also evaluate on these ground-truth boxes (every stored box; _gt outputs)")
@@ -198,10 +196,8 @@ func runEval(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
 		return runEvalITR(ctx, o, stdout, stderr)
 	case slices.Contains(tasks.DownstreamTasks, o.task):
 		return runEvalDownstream(ctx, o, stdout, stderr)
-	case slices.Contains(downstreamTasks, o.task):
-		return fmt.Errorf("eval: task %s: not available yet (available: pretrain, %s)", o.task, strings.Join(tasks.DownstreamTasks, ", "))
 	default:
-		return fmt.Errorf("eval: --task %q: want pretrain or one of %s", o.task, strings.Join(downstreamTasks, ", "))
+		return fmt.Errorf("eval: --task %q: want pretrain or one of %s", o.task, strings.Join(tasks.DownstreamTasks, ", "))
 	}
 	for _, t := range o.tasks {
 		if !slices.Contains(train.TaskNames, t) {

@@ -55,11 +55,7 @@ per step (replicas x accumulation), num_train_steps, task or model).`,
   uniter finetune --task vqa --config configs/finetune-vqa-synth.yaml --output runs/vqa --resume`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			switch {
-			case slices.Contains(train.FinetuneTasks, o.task):
-			case slices.Contains(downstreamTasks, o.task):
-				return fmt.Errorf("finetune --task %s: not available yet (available: %s)", o.task, strings.Join(train.FinetuneTasks, ", "))
-			default:
+			if !slices.Contains(train.FinetuneTasks, o.task) {
 				return fmt.Errorf("finetune --task %q: want one of %s", o.task, strings.Join(train.FinetuneTasks, ", "))
 			}
 			return runTraining(cmd, o)

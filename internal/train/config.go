@@ -16,6 +16,7 @@ import (
 	"uniter/internal/data"
 	"uniter/internal/db"
 	"uniter/internal/model"
+	"uniter/internal/tasks"
 )
 
 // Config is a training run, pretraining or fine-tuning: the keys of the
@@ -642,7 +643,7 @@ func (c *Config) Validate() error {
 }
 
 // FinetuneTasks are the downstream tasks uniter finetune trains.
-var FinetuneTasks = []string{"vqa", "ve", "nlvr2", "re", "itr", "vcr"}
+var FinetuneTasks = tasks.DownstreamTasks
 
 // validateFinetune checks the keys of a fine-tuning run.
 func (c *Config) validateFinetune() error {
