@@ -24,7 +24,6 @@ import (
 
 func init() { subcommands = append(subcommands, newEvalCmd) }
 
-
 type evalOpts struct {
 	mf           modelFlags
 	task         string
