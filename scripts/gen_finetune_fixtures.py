@@ -24,6 +24,21 @@ python3-msgpack, python3-msgpack-numpy, python3-lz4, python3-numpy):
       checkpoint, model.json still says type_vocab_size 2), use_img_type:
       left regions type 1, right regions type 2.
 
+  testdata/finetune/itr_official/
+      UniterForImageTextRetrieval (uniter + itm_output + rank_output), 12
+      captions x 10 images: the score matrix in ItmEvalDataset's order and
+      the recalls (true and utils/itm_eval.py's).
+  testdata/finetune/re_official/
+      UniterForReferringExpressionComprehension (mlp 2), RE side files in
+      txt.db/, re_coco_det/ and re_coco_gt/ (feat_numbb100): scores on both,
+      IoU acc, loss on the ground-truth boxes, predicted boxes.
+  testdata/finetune/vcr_official/
+      UniterForVisualCommonsenseReasoning with the grown tables (4 type rows,
+      +81 word rows), vcr_gt_val/ (feat_numbb100) and vcr_val/: inf_vcr.py's
+      20 scores per example, acc/acc_qa/acc_qar/loss.
+
+Usage: gen_finetune_fixtures.py [vqa|nlvr2|itr|re|vcr ...] (default: all).
+
 Data preparation follows the official data code (data/data.py, data/vqa.py,
 data/nlvr2.py): input_ids = [CLS] + ids + [SEP] (text type 0), the fp16
 features and norm_bb are read and cast to fp32, the 7-d box is
@@ -147,10 +162,14 @@ def to_db_arrays(dump):
     return {k: a.astype(np.float16)[:nbb] for k, a in dump.items()}, nbb
 
 
-def write_img_db(root, images):
-    """images: ordered {fname: fp16 arrays}."""
-    sub = os.path.join(root, "feat_th%s_max%d_min%d" % (CONF_TH, MAX_BB,
-                                                        MIN_BB))
+def write_img_db(root, images, numbb=None):
+    """images: ordered {fname: fp16 arrays}; numbb: the feat_numbb<N>
+    layout (conf_th -1) instead of the thresholded one."""
+    if numbb is not None:
+        sub = os.path.join(root, "feat_numbb%d" % numbb)
+    else:
+        sub = os.path.join(root, "feat_th%s_max%d_min%d" % (CONF_TH, MAX_BB,
+                                                            MIN_BB))
     os.makedirs(sub)
     env = lmdb.open(sub, map_size=1 << 26)
     with env.begin(write=True) as txn:
@@ -159,6 +178,8 @@ def write_img_db(root, images):
                     msgpack.dumps(arrays, use_bin_type=True))
         txn.put(b"__keys__", json.dumps(list(images)).encode("utf-8"))
     env.close()
+    if numbb is not None:
+        return
     with open(os.path.join(root, "nbb_th%s_max%d_min%d.json" % (
             CONF_TH, MAX_BB, MIN_BB)), "w") as f:
         json.dump({k: int(v["features"].shape[0]) for k, v in images.items()},
@@ -501,10 +522,519 @@ def gen_nlvr2(root, seed=NLVR2_SEED):
     return meta
 
 
+# --------------------------------------------------------------------------
+# ITR (UniterForImageTextRetrieval: uniter + itm_output + rank_output)
+# --------------------------------------------------------------------------
+class UniterForImageTextRetrieval(fr.UniterPreTrainedModel):
+    def __init__(self, config, img_dim):
+        super().__init__(config)
+        self.uniter = fr.UniterModel(config, img_dim)
+        self.itm_output = torch.nn.Linear(config.hidden_size, 2)
+        self.rank_output = torch.nn.Linear(config.hidden_size, 1)
+        self.apply(self.init_weights)
+
+    def forward(self, batch):
+        seq = fr._backbone(self, batch)
+        return self.rank_output(self.uniter.pooler(seq))
+
+
+# images (distinct region counts, so ItmEvalDataset's sort by nbb is total)
+# and captions: (caption id, image index, word pieces); image 3 and 7 have
+# two captions.  10 images and 12 texts: itm_eval's topk(10) on both axes.
+ITR_NBB = [13, 10, 17, 11, 15, 12, 19, 14, 16, 18]
+ITR_TXT = [(0, 5), (1, 3), (2, 7), (3, 4), (3, 6), (4, 9), (5, 5), (6, 8),
+           (7, 4), (7, 3), (8, 6), (9, 7)]
+ITR_SEED = 5
+
+
+def itm_eval_official(score, txt_ids, img_ids, txt2img, img2txts):
+    """utils/itm_eval.py itm_eval, verbatim."""
+    img2j = {i: j for j, i in enumerate(img_ids)}
+    _, rank_txt = score.topk(10, dim=1)
+    gt_img_j = torch.LongTensor([img2j[txt2img[t]] for t in txt_ids]
+                                ).unsqueeze(1).expand_as(rank_txt)
+    rank = (rank_txt == gt_img_j).nonzero()
+    if rank.numel():
+        ir = [(rank < k).sum().item() / len(txt_ids) for k in (1, 5, 10)]
+    else:
+        ir = [0, 0, 0]
+    txt2i = {t: i for i, t in enumerate(txt_ids)}
+    _, rank_img = score.topk(10, dim=0)
+    tr = [0, 0, 0]
+    for j, img_id in enumerate(img_ids):
+        gt_is = [txt2i[t] for t in img2txts[img_id]]
+        ranks = [(rank_img[:, j] == i).nonzero() for i in gt_is]
+        rank = min([10] + [r.item() for r in ranks if r.numel()])
+        for n, k in enumerate((1, 5, 10)):
+            if rank < k:
+                tr[n] += 1
+    tr = [x / len(img_ids) for x in tr]
+    return ir, tr
+
+
+def gen_itr(root, seed=ITR_SEED):
+    out_dir = os.path.join(root, "itr_official")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    cfg = UniterConfig.from_dict(dict(MODEL_JSON))
+    model = UniterForImageTextRetrieval(cfg, IMG_DIM)
+    randomize_model(model, g)
+    sd16 = save_fp16(model, os.path.join(out_dir, "model.pt"))
+    assert sorted({k.split(".")[0] for k in sd16}) == [
+        "itm_output", "rank_output", "uniter"]
+    load_rounded(model, sd16)
+    write_model_json(os.path.join(out_dir, "model.json"))
+
+    images = {}
+    for j, nh in enumerate(ITR_NBB):
+        fname = "coco_val2014_%012d.npz" % (1000 + j)
+        images[fname], _ = to_db_arrays(raw_detection(rng, 24, nh, 31))
+    names = list(images)  # sorted by name = img2txts order
+    txts = []
+    for k, (img, n) in enumerate(ITR_TXT):
+        ids = [int(x) for x in rng.integers(V_FIRST, MODEL_JSON["vocab_size"],
+                                            n)]
+        txts.append(("%d" % (500 + k), img, ids))
+    assert [t[0] for t in txts] == sorted(t[0] for t in txts)
+    txt2img = {t[0]: names[t[1]] for t in txts}
+    img2txts = {}
+    for t in txts:
+        img2txts.setdefault(names[t[1]], []).append(t[0])
+    assert list(img2txts) == names
+    # ItmEvalDataset: img2txts keys sorted by nbb
+    nbb = {k: int(v["features"].shape[0]) for k, v in images.items()}
+    img_ids = sorted(list(img2txts), key=lambda i: nbb[i])
+    txt_ids = [t[0] for t in txts]
+
+    rows = []
+    for _, _, ids in txts:
+        for name in img_ids:
+            feat, pos = read_back_image(images[name])
+            rows.append(([CLS] + ids + [SEP], feat, pos, None))
+    with torch.no_grad():
+        score = model(collate(rows)).view(len(txts), len(img_ids))
+        for i in (0, 37, 119):
+            one = model(collate([rows[i]]))
+            assert torch.allclose(one[0, 0], score.view(-1)[i], atol=1e-5)
+    # no near-ties in any row or column (the ranking is determined)
+    for s in (score, score.t()):
+        srt = s.sort(dim=1).values
+        gap = float((srt[:, 1:] - srt[:, :-1]).min())
+        assert gap > 1e-4, "itr: near tie %g, score range %g; change the seed" % (gap, float(score.max() - score.min()))
+    ir_off, tr = itm_eval_official(score, txt_ids, img_ids, txt2img,
+                                   img2txts)
+    gt = torch.tensor([img_ids.index(txt2img[t]) for t in txt_ids])
+    rank = (score > score.gather(1, gt[:, None])).sum(1)
+    ir = [float((rank < k).float().mean()) for k in (1, 5, 10)]
+
+    examples = {}
+    for tid, img, ids in txts:
+        examples[tid] = {"id": int(tid), "image_id": 1000 + img,
+                         "raw": "caption %s" % tid,
+                         "input_ids": ids, "img_fname": names[img]}
+    write_txt_db(os.path.join(out_dir, "txt.db"), examples,
+                 make_meta(out_dir, "itm_coco_test"))
+    write_img_db(os.path.join(out_dir, "img.db"), images)
+    remove_locks(out_dir)
+
+    exp = {}
+    put(exp, "logits", score)
+    torch.save(exp, os.path.join(out_dir, "expected.pt"))
+    meta = {"task": "itr", "ids": txt_ids, "img_ids": img_ids,
+            "img_dim": IMG_DIM, "nbb": nbb}
+    for n, k in enumerate(("r1", "r5", "r10")):
+        meta["img_" + k] = ir[n]
+        meta["img_%s_official" % k] = ir_off[n]
+        meta["txt_" + k] = tr[n]
+    meta["img_r_mean"] = sum(ir) / 3
+    meta["img_r_mean_official"] = sum(ir_off) / 3
+    meta["txt_r_mean"] = sum(tr) / 3
+    meta["r_mean"] = (meta["img_r_mean"] + meta["txt_r_mean"]) / 2
+    meta["r_mean_official"] = (meta["img_r_mean_official"] +
+                               meta["txt_r_mean"]) / 2
+    with open(os.path.join(out_dir, "expected.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    return meta
+
+
+# --------------------------------------------------------------------------
+# RE (UniterForReferringExpressionComprehension, mlp 2)
+# --------------------------------------------------------------------------
+class UniterForReferringExpressionComprehension(fr.UniterPreTrainedModel):
+    def __init__(self, config, img_dim, mlp=2):
+        super().__init__(config)
+        self.uniter = fr.UniterModel(config, img_dim)
+        H = config.hidden_size
+        if mlp == 1:
+            self.re_output = torch.nn.Linear(H, 1)
+        else:
+            self.re_output = torch.nn.Sequential(
+                torch.nn.Linear(H, H), fr.GELU(),
+                fr.LayerNorm(H, eps=1e-12), torch.nn.Linear(H, 1))
+        self.apply(self.init_weights)
+
+    def forward(self, batch, txt_lens, num_bbs):
+        """model/re.py forward(compute_loss=False): the region part, padded
+        with zero rows, scored, padded slots -1e4."""
+        seq = fr._backbone(self, batch)
+        max_bb = max(num_bbs)
+        hid = []
+        for i, (tl, nbb) in enumerate(zip(txt_lens, num_bbs)):
+            h = seq[i:i + 1, tl:tl + nbb]
+            if nbb < max_bb:
+                h = torch.cat([h, torch.zeros(1, max_bb - nbb, seq.size(-1))],
+                              1)
+            hid.append(h)
+        obj_masks = torch.ones(len(num_bbs), max_bb, dtype=torch.bool)
+        for i, nbb in enumerate(num_bbs):
+            obj_masks[i, :nbb] = False
+        scores = self.re_output(torch.cat(hid, 0)).squeeze(2)
+        return scores.masked_fill(obj_masks, -1e4)
+
+
+def compute_iou(box1, box2):
+    """data/re.py ReEvalDataset.computeIoU, verbatim."""
+    inter_x1 = max(box1[0], box2[0])
+    inter_y1 = max(box1[1], box2[1])
+    inter_x2 = min(box1[0]+box1[2]-1, box2[0]+box2[2]-1)
+    inter_y2 = min(box1[1]+box1[3]-1, box2[1]+box2[3]-1)
+    if inter_x1 < inter_x2 and inter_y1 < inter_y2:
+        inter = (inter_x2-inter_x1+1)*(inter_y2-inter_y1+1)
+    else:
+        inter = 0
+    union = box1[2]*box1[3] + box2[2]*box2[3] - inter
+    return float(inter)/union
+
+
+# COCO images: (image_id, width, height, annotations, detected boxes)
+RE_IMAGES = [(9001, 640, 480, 4, 12), (9002, 500, 375, 6, 10),
+             (9003, 427, 640, 5, 14)]
+# refs: (ref_id, image index, annotation index, word pieces per sentence)
+RE_REFS = [(31, 0, 2, [5, 3]), (32, 0, 0, [6]), (33, 1, 4, [4, 7]),
+           (34, 1, 1, [3]), (35, 2, 3, [8, 5]), (36, 2, 0, [6])]
+RE_SEED = 4
+
+
+def gen_re(root, seed=RE_SEED):
+    out_dir = os.path.join(root, "re_official")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    cfg = UniterConfig.from_dict(dict(MODEL_JSON))
+    model = UniterForReferringExpressionComprehension(cfg, IMG_DIM, mlp=2)
+    randomize_model(model, g)
+    sd16 = save_fp16(model, os.path.join(out_dir, "model.pt"))
+    assert sorted(k for k in sd16 if not k.startswith("uniter.")) == [
+        "re_output.0.bias", "re_output.0.weight", "re_output.2.bias",
+        "re_output.2.weight", "re_output.3.bias", "re_output.3.weight"]
+    load_rounded(model, sd16)
+    write_model_json(os.path.join(out_dir, "model.json"))
+
+    def norm(box, W, Hh):
+        x, y, w, h = box
+        return [x / W, y / Hh, (x + w) / W, (y + h) / Hh, w / W, h / Hh]
+
+    def arrays(boxes, W, Hh, conf):
+        n = len(boxes)
+        feats = np.maximum(rng.standard_normal((n, IMG_DIM)) * 1.5 + 0.5, 0)
+        soft = rng.uniform(0, 1, (n, 31)) ** 4
+        soft = soft / soft.sum(1, keepdims=True)
+        return {"features": feats.astype(np.float16),
+                "norm_bb": np.array([norm(b, W, Hh) for b in boxes],
+                                    dtype=np.float32).astype(np.float16),
+                "conf": np.array(conf, dtype=np.float32)[:, None
+                                                         ].astype(np.float16),
+                "soft_labels": soft.astype(np.float16)}
+
+    images_json, anns_json, gt_imgs, det_imgs = [], [], {}, {}
+    ann_boxes = {}
+    for image_id, W, Hh, n_ann, n_det in RE_IMAGES:
+        ann_ids, boxes = [], []
+        for k in range(n_ann):
+            w, h = rng.uniform(0.15, 0.45) * W, rng.uniform(0.15, 0.45) * Hh
+            x, y = rng.uniform(0, W - w), rng.uniform(0, Hh - h)
+            box = [round(float(v), 2) for v in (x, y, w, h)]
+            aid = image_id * 10 + k
+            ann_ids.append(aid)
+            boxes.append(box)
+            anns_json.append({"id": aid, "area": box[2] * box[3],
+                              "bbox": box, "image_id": image_id,
+                              "category_id": 1 + k % 3})
+        ann_boxes[image_id] = boxes
+        images_json.append({"id": image_id, "file_name":
+                            "COCO_train2014_%012d.jpg" % image_id,
+                            "ann_ids": ann_ids, "height": Hh, "width": W})
+        gt_imgs["visual_grounding_coco_gt_%012d.npz" % image_id] = arrays(
+            boxes, W, Hh, [1.0] * n_ann)
+        # detected: a jittered copy of each annotation, then random boxes
+        det = []
+        for x, y, w, h in boxes:
+            j = rng.uniform(-0.12, 0.12, 4)
+            det.append([x + j[0] * w, y + j[1] * h, w * (1 + j[2]),
+                        h * (1 + j[3])])
+        while len(det) < n_det:
+            w, h = rng.uniform(0.1, 0.5) * W, rng.uniform(0.1, 0.5) * Hh
+            det.append([rng.uniform(0, W - w), rng.uniform(0, Hh - h), w, h])
+        det = [det[i] for i in rng.permutation(len(det))]
+        conf = np.sort(rng.uniform(0.05, 0.99, n_det))[::-1]
+        det_imgs["visual_grounding_det_coco_%012d.npz" % image_id] = arrays(
+            det, W, Hh, conf)
+    img_by_id = {im["id"]: im for im in images_json}
+
+    refs_json, examples, sents = [], {}, []
+    sid = 700
+    for ref_id, img, ann, lens in RE_REFS:
+        image_id = RE_IMAGES[img][0]
+        aid = img_by_id[image_id]["ann_ids"][ann]
+        sent_ids = []
+        for n in lens:
+            ids = [int(x) for x in rng.integers(
+                V_FIRST, MODEL_JSON["vocab_size"], n)]
+            examples[str(sid)] = {
+                "sent_id": sid, "sent": "expression %d" % sid,
+                "ref_id": ref_id, "ann_id": aid, "image_id": image_id,
+                "bbox": ann_boxes[image_id][ann], "input_ids": ids,
+                "img_fname": "visual_grounding_coco_gt_%012d.npz" % image_id}
+            sents.append(str(sid))
+            sent_ids.append(sid)
+            sid += 1
+        refs_json.append({"ref_id": ref_id, "ann_id": aid,
+                          "image_id": image_id, "sent_ids": sent_ids,
+                          "split": "val", "category_id": 1})
+
+    def run(imgs, gt):
+        rows, tls, nbbs, obj_boxes = [], [], [], []
+        for s in sents:
+            ex = examples[s]
+            key = ("visual_grounding_coco_gt_%012d.npz" if gt else
+                   "visual_grounding_det_coco_%012d.npz") % ex["image_id"]
+            feat, pos = read_back_image(imgs[key])
+            im = img_by_id[ex["image_id"]]
+            obj_boxes.append(np.stack([pos[:, 0] * im["width"],
+                                       pos[:, 1] * im["height"],
+                                       pos[:, 4] * im["width"],
+                                       pos[:, 5] * im["height"]], axis=1))
+            rows.append(([CLS] + ex["input_ids"] + [SEP], feat, pos, None))
+            tls.append(len(ex["input_ids"]) + 2)
+            nbbs.append(feat.size(0))
+        with torch.no_grad():
+            scores = model(collate(rows), tls, nbbs)
+            one = model(collate(rows[:1]), tls[:1], nbbs[:1])
+            assert torch.allclose(one[0, :nbbs[0]], scores[0, :nbbs[0]],
+                                  atol=1e-5)
+        gap = check_margin(scores, "re")
+        ixs = scores.argmax(1).tolist()
+        preds, right = {}, 0
+        for s, ix, ob in zip(sents, ixs, obj_boxes):
+            tgt = np.array(examples[s]["bbox"])
+            iou = compute_iou(ob[ix], tgt)
+            assert abs(iou - 0.5) > 1e-3, "re: IoU near 0.5"
+            right += iou > .5
+            preds[s] = {"pred_box": ob[ix].tolist(), "tgt_box": tgt.tolist()}
+        res = {"acc": right / len(sents), "n": len(sents), "gap": gap}
+        if gt:
+            targets = torch.tensor([
+                img_by_id[examples[s]["image_id"]]["ann_ids"].index(
+                    examples[s]["ann_id"]) for s in sents])
+            res["loss"] = float(F.cross_entropy(scores, targets,
+                                                reduction="sum")) / len(sents)
+        return scores, preds, res
+
+    s_det, p_det, r_det = run(det_imgs, False)
+    s_gt, p_gt, r_gt = run(gt_imgs, True)
+    assert 0 < r_det["acc"] < 1, "re: det acc %g" % r_det["acc"]
+    assert 0 < r_gt["acc"] < 1, "re: gt acc %g" % r_gt["acc"]
+
+    txt_dir = os.path.join(out_dir, "txt.db")
+    write_txt_db(txt_dir, examples, make_meta(out_dir, "refcoco_val"))
+    for name, obj in (("refs.json", refs_json), ("images.json", images_json),
+                      ("annotations.json", anns_json),
+                      ("categories.json", [
+                          {"id": i, "name": n, "supercategory": "thing"}
+                          for i, n in ((1, "dog"), (2, "cat"),
+                                       (3, "person"))])):
+        with open(os.path.join(txt_dir, name), "w") as f:
+            json.dump(obj, f)
+    write_img_db(os.path.join(out_dir, "re_coco_det"), det_imgs, numbb=100)
+    write_img_db(os.path.join(out_dir, "re_coco_gt"), gt_imgs, numbb=100)
+    remove_locks(out_dir)
+
+    exp = {}
+    put(exp, "logits", s_det)
+    put(exp, "logits_gt", s_gt)
+    torch.save(exp, os.path.join(out_dir, "expected.pt"))
+    meta = {"task": "re", "mlp": 2, "ids": sents, "img_dim": IMG_DIM,
+            "acc": r_det["acc"], "n": r_det["n"],
+            "acc_gt": r_gt["acc"], "n_gt": r_gt["n"], "loss_gt": r_gt["loss"],
+            "results": p_det, "results_gt": p_gt,
+            "min_top2_logit_gap": min(r_det["gap"], r_gt["gap"])}
+    with open(os.path.join(out_dir, "expected.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    return meta
+
+
+# --------------------------------------------------------------------------
+# VCR (UniterForVisualCommonsenseReasoning, grown tables)
+# --------------------------------------------------------------------------
+VCR_EXTRA = 81
+# examples: (id, gt boxes, detected regions above threshold, question
+# length); answers 1..4 and rationales 2..5 word pieces
+VCR_EX = [("val-10", 3, 11), ("val-11", 5, 7), ("val-12", 4, 13)]
+VCR_SEED = 8
+
+
+def vcr_row(q, a, r=None):
+    """data/vcr.py VcrEvalDataset: [CLS] q [SEP] a [SEP] (r [SEP]), types 0
+    (CLS, q), 2 ([SEP] a), 3 ([SEP] r [SEP]) or 2 ([SEP] a [SEP])."""
+    if r is None:
+        return ([CLS] + q + [SEP] + a + [SEP],
+                [0] * (1 + len(q)) + [2] * (len(a) + 2))
+    return ([CLS] + q + [SEP] + a + [SEP] + r + [SEP],
+            [0] * (1 + len(q)) + [2] * (len(a) + 1) + [3] * (len(r) + 2))
+
+
+def gen_vcr(root, seed=VCR_SEED):
+    import vcr_ref
+    out_dir = os.path.join(root, "vcr_official")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    cfg = UniterConfig.from_dict(dict(MODEL_JSON))
+    model = vcr_ref.UniterForVCR(cfg, IMG_DIM)
+    model.init_type_embedding()
+    model.init_word_embedding(VCR_EXTRA)
+    randomize_model(model, g)
+    sd16 = save_fp16(model, os.path.join(out_dir, "model.pt"))
+    V = MODEL_JSON["vocab_size"]
+    assert sd16["uniter.embeddings.token_type_embeddings.weight"].shape[0] == 4
+    assert sd16["uniter.embeddings.word_embeddings.weight"].shape[0] == V + 81
+    assert sorted(k for k in sd16 if not k.startswith("uniter.")) == [
+        "vcr_output.0.bias", "vcr_output.0.weight", "vcr_output.2.bias",
+        "vcr_output.2.weight", "vcr_output.3.bias", "vcr_output.3.weight"]
+    load_rounded(model, sd16)
+    write_model_json(os.path.join(out_dir, "model.json"))
+
+    def words(n):
+        # over the grown vocabulary: the 81 new rows are used too
+        return [int(x) for x in rng.integers(V_FIRST, V + VCR_EXTRA, n)]
+
+    gt_imgs, det_imgs, exs = {}, {}, []
+    for k, (qid, n_gt, n_high) in enumerate(VCR_EX):
+        movie = "movie_%d/clip_%d" % (k, k)
+        gt_name, det_name = "vcr_gt_%s.npz" % qid, "vcr_%s.npz" % qid
+        d = raw_detection(rng, n_gt, n_gt, 31)
+        gt_imgs[gt_name] = {a: v.astype(np.float16) for a, v in d.items()}
+        det_imgs[det_name], _ = to_db_arrays(raw_detection(rng, 16, n_high,
+                                                           31))
+        q = words(3 + k)
+        as_ = [words(1 + (j + k) % 4) for j in range(4)]
+        rs = [words(2 + (j + 2 * k) % 4) for j in range(4)]
+        exs.append({"qid": qid, "movie": movie, "q": q, "as": as_, "rs": rs,
+                    "img_fname": [gt_name, det_name]})
+
+    def image(ex):
+        """VcrDetectFeatTxtTokDataset._get_img_feat: gt boxes, then
+        detected ones."""
+        f0, p0 = read_back_image(gt_imgs[ex["img_fname"][0]])
+        f1, p1 = read_back_image(det_imgs[ex["img_fname"][1]])
+        return torch.cat([f0, f1]), torch.cat([p0, p1])
+
+    rows, types = [], []
+    for ex in exs:
+        feat, pos = image(ex)
+        texts = [vcr_row(ex["q"], a) for a in ex["as"]] + [
+            vcr_row(ex["q"], a, r) for a in ex["as"] for r in ex["rs"]]
+        for ids, ty in texts:
+            rows.append((ids, feat, pos, None))
+            types.append(ty)
+
+    def batch_of(rows, types):
+        b = collate(rows)
+        tt = torch.zeros_like(b["input_ids"])
+        for i, ty in enumerate(types):
+            tt[i, :len(ty)] = torch.tensor(ty)
+        b["txt_type_ids"] = tt
+        return b
+
+    with torch.no_grad():
+        # inf_vcr.py: rank_scores[:, 1:], viewed [n, 20]
+        scores = model(batch_of(rows, types))[:, 1].view(len(exs), 20)
+        one = model(batch_of(rows[:20], types[:20]))[:, 1]
+        assert torch.allclose(one, scores[0], atol=1e-5)
+    # targets: Q->A right on examples 0 and 2, QA->R right on 0 and 1
+    qa_t, qar_t, gaps = [], [], []
+    for k, s in enumerate(scores):
+        top = s[:4].topk(2).values
+        gaps.append(float(top[0] - top[1]))
+        pa = int(s[:4].argmax())
+        qa = pa if k != 1 else (pa + 1) % 4
+        r = s[4 + 4 * qa:8 + 4 * qa]
+        top = r.topk(2).values
+        gaps.append(float(top[0] - top[1]))
+        pr = int(r.argmax())
+        qa_t.append(qa)
+        qar_t.append(pr if k != 2 else (pr + 2) % 4)
+    assert min(gaps) > 1e-3, "vcr: argmax near a tie %s" % gaps
+    qa_t, qar_t = torch.tensor(qa_t), torch.tensor(qar_t)
+    qar_scores = torch.stack([s[4 + 4 * int(a):8 + 4 * int(a)]
+                              for s, a in zip(scores, qa_t)])
+    n = len(exs)
+    with torch.no_grad():
+        qa_loss = F.cross_entropy(scores[:, :4], qa_t, reduction="sum")
+        qar_loss = F.cross_entropy(qar_scores, qar_t, reduction="sum")
+    m_qa = scores[:, :4].max(-1)[1] == qa_t
+    m_qar = qar_scores.max(-1)[1] == qar_t
+    logits = torch.cat([scores[:, :4], qar_scores], 1)  # [n, 8]
+
+    examples, lens_qa, lens_qar = {}, {}, {}
+    for ex, a, r in zip(exs, qa_t.tolist(), qar_t.tolist()):
+        examples[ex["qid"]] = {
+            "qid": ex["qid"], "movie": ex["movie"],
+            "input_ids": ex["q"], "input_ids_as": ex["as"],
+            "input_ids_rs": ex["rs"], "qa_target": a, "qar_target": r,
+            "img_fname": ex["img_fname"]}
+        lens_qa[ex["qid"]] = len(ex["q"]) + max(len(x) for x in ex["as"])
+        lens_qar[ex["qid"]] = lens_qa[ex["qid"]] + max(len(x)
+                                                        for x in ex["rs"])
+    txt_dir = os.path.join(out_dir, "txt.db")
+    write_txt_db(txt_dir, examples, make_meta(out_dir, "vcr_val"))
+    for name, obj in (("id2len_qa.json", lens_qa),
+                      ("id2len_qar.json", lens_qar)):
+        with open(os.path.join(txt_dir, name), "w") as f:
+            json.dump(obj, f)
+    write_img_db(os.path.join(out_dir, "vcr_gt_val"), gt_imgs, numbb=100)
+    write_img_db(os.path.join(out_dir, "vcr_val"), det_imgs)
+    remove_locks(out_dir)
+
+    exp = {}
+    put(exp, "logits", logits)
+    put(exp, "scores", scores)
+    torch.save(exp, os.path.join(out_dir, "expected.pt"))
+    meta = {"task": "vcr", "ids": [e["qid"] for e in exs],
+            "img_dim": IMG_DIM, "n": n,
+            "acc": float((m_qa & m_qar).sum()) / n,
+            "acc_qa": float(m_qa.sum()) / n, "acc_qar": float(m_qar.sum()) / n,
+            "loss": float(qa_loss + qar_loss) / n,
+            "vcr_qa_loss": float(qa_loss) / n,
+            "vcr_qar_loss": float(qar_loss) / n,
+            "results": {e["qid"]: s.tolist() for e, s in zip(exs, scores)},
+            "min_top2_logit_gap": min(gaps)}
+    with open(os.path.join(out_dir, "expected.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    return meta
+
+
 def main():
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
-    for meta in (gen_vqa(OUT), gen_nlvr2(OUT)):
+    gens = {"vqa": gen_vqa, "nlvr2": gen_nlvr2, "itr": gen_itr,
+            "re": gen_re, "vcr": gen_vcr}
+    for name in sys.argv[1:] or list(gens):
+        meta = gens[name](OUT)
         print(json.dumps({k: v for k, v in meta.items()
                           if k not in ("answers", "predictions")}))
 

@@ -19,6 +19,14 @@ import (
 	"uniter/internal/train"
 )
 
+// Test hooks of the full ranking (zero values in the binary): the texts
+// per block (0: tasks.RankBlockTexts) and a call after each progress
+// report, so that a test can kill an evaluation between blocks.
+var (
+	itrBlockTexts   int
+	itrProgressHook func(done, total int)
+)
+
 // runEvalITR ranks every text of --txt-db against every image of its
 // pool: metrics.json with the recalls (true and as the original's
 // itm_eval.py counts them) and, with --save-logits, logits.npy [texts,
@@ -71,8 +79,11 @@ func runEvalITR(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error
 	resumedPairs := -1
 	key := fmt.Sprintf("checkpoint=%s init_seed=%d txt_db=%s img_db=%s budget=%d", o.mf.checkpoint, o.initSeed, o.txtDB, o.imgDB, o.batchTokens)
 	res, err := train.RankToFile(ctx, task, ds, o.out, train.RankToFileOptions{
-		Key: key, Budget: o.batchTokens,
+		Key: key, Budget: o.batchTokens, BlockTexts: itrBlockTexts,
 		Progress: func(done, total int) {
+			if itrProgressHook != nil {
+				defer itrProgressHook(done, total)
+			}
 			if resumedPairs < 0 {
 				resumedPairs = done
 			}
