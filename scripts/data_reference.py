@@ -124,7 +124,8 @@ def synth(root):
     ck = Checker()
     for split in ('train', 'val'):
         det = open_img(f'{root}/img/synth_{split}')
-        vcr_gt = open_img(f'{root}/img/vcr_gt_{split}')
+        # train_vcr.py opens the ground-truth db with conf_th -1, num_bb 100
+        vcr_gt = open_img(f'{root}/img/vcr_gt_{split}', conf_th=-1)
         # train_re.py opens both RE dbs with conf_th -1, num_bb 100
         re_gt = open_img(f'{root}/img/re_coco_gt_{split}', conf_th=-1)
         re_det = open_img(f'{root}/img/re_coco_det_{split}', conf_th=-1)

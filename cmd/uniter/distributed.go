@@ -219,11 +219,22 @@ func (h hostComm) explain(err error) error {
 	if err == nil {
 		return nil
 	}
-	if dead := h.j.deadErr(); dead != nil {
-		return fmt.Errorf("rank %d: %w (%v)", h.j.rank, dead, err)
+	// A peer's socket can close a moment before the store hears its
+	// connection drop: give the store that moment to name the rank.
+	for range explainPolls {
+		if dead := h.j.deadErr(); dead != nil {
+			return fmt.Errorf("rank %d: %w (%v)", h.j.rank, dead, err)
+		}
+		time.Sleep(explainPoll)
 	}
 	return fmt.Errorf("rank %d: %w", h.j.rank, err)
 }
+
+// How long a failed collective waits for the store to name a dead peer.
+const (
+	explainPolls = 20
+	explainPoll  = 100 * time.Millisecond
+)
 
 func (h hostComm) AllReduceF32(b []float32) error { return h.explain(h.j.gloo.AllReduceF32(b)) }
 func (h hostComm) AllReduceF64(b []float64) error { return h.explain(h.j.gloo.AllReduceF64(b)) }

@@ -223,7 +223,7 @@ func runEval(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
 	if o.initSeed >= 0 {
 		m, err = initModel(be, o, addHeads, stderr)
 	} else {
-		m, err = o.mf.load(be, addHeads)
+		m, err = loadPretrainEval(&o.mf, be, addHeads)
 	}
 	if err != nil {
 		return err

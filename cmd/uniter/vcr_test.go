@@ -60,14 +60,37 @@ func TestVCRFinetuneAndEval(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var val map[string]any
+	var val, final map[string]any
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		var r map[string]any
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			t.Fatal(err)
 		}
-		if r["split"] == "val" {
+		switch r["split"] {
+		case "val":
 			val = r
+		case "val_final":
+			final = r
+		}
+	}
+	// train_vcr.py's final validation: the test layout, 20 scores an
+	// example, in results_{step}_final_qa_qar_rank0.json; QA->R after the
+	// true answer, so the metrics equal the last validation's.
+	if final == nil || final["step"] != 4.0 {
+		t.Errorf("no final validation row at step 4: %v", final)
+	}
+	for _, k := range []string{"acc", "acc_qa", "acc_qar", "n"} {
+		if fmt.Sprint(final[k]) != fmt.Sprint(val[k]) {
+			t.Errorf("final validation %s = %v, the last validation's %v", k, final[k], val[k])
+		}
+	}
+	fin := readJSON(t, filepath.Join(out, "results", "results_4_final_qa_qar_rank0.json"))
+	if len(fin) != int(val["n"].(float64)) {
+		t.Errorf("final results: %d examples, want %v", len(fin), val["n"])
+	}
+	for id, s := range fin {
+		if len(s.([]any)) != data.VCRTestRows {
+			t.Errorf("final results %s: %d scores, want %d", id, len(s.([]any)), data.VCRTestRows)
 		}
 	}
 	for _, k := range []string{"acc", "acc_qa", "acc_qar", "loss", "n"} {
@@ -234,6 +257,39 @@ n_workers: 2
 	for _, task := range []string{"mlm_vcr", "mrfr_vcr", "mrckl_vcr"} {
 		if !strings.Contains(string(b), `"split":"val","task":"`+task+`"`) {
 			t.Errorf("no validation of %s", task)
+		}
+	}
+	// eval --task pretrain on the grown checkpoint with the base (ungrown)
+	// model config, as on an official second-stage .pt with config base:
+	// the tables grow to the checkpoint's before loading, and the metrics
+	// repeat the run's last validation (the run's seed).
+	base := map[string]any{}
+	for k, v := range mc {
+		base[k] = v
+	}
+	base["vocab_size"], base["type_vocab_size"] = 220, 2
+	bb, _ := json.Marshal(base)
+	baseCfg := filepath.Join(t.TempDir(), "base.json")
+	if err := os.WriteFile(baseCfg, bb, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ev := filepath.Join(t.TempDir(), "ev")
+	if log, err := runUniter(t, "eval", "--task", "pretrain", "--tasks", "mlm,mrfr,mrckl", "--checkpoint", filepath.Join(out, "ckpt", "step_00000006"),
+		"--model-config", baseCfg, "--txt-db", w+"/txt/vcr_val.db", "--img-db", w+"/img/vcr_gt_val;"+w+"/img/synth_val", "--out", ev); err != nil {
+		t.Fatalf("eval --task pretrain on the second-stage checkpoint with the base config: %v\n%s", err, log)
+	}
+	_, em := evalPretrainMetrics(t, ev)
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var r map[string]any
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatal(err)
+		}
+		if r["split"] != "val" || r["step"] != 6.0 {
+			continue
+		}
+		task := strings.TrimSuffix(r["task"].(string), "_vcr")
+		if fmt.Sprint(em[task]["loss"]) != fmt.Sprint(r["loss"]) {
+			t.Errorf("eval %s loss %v, the run's validation %v", task, em[task]["loss"], r["loss"])
 		}
 	}
 	_, fcfg := vcrWorld(t, "checkpoint: "+filepath.Join(out, "ckpt", "step_00000006")+"\ncheckpoint_from: vcr_pretrain")

@@ -67,6 +67,12 @@ func tableRows(sd *ckpt.StateDict, name string) int {
 	return 0
 }
 
+// HasVCRTables reports whether sd has VCR's grown token type table
+// (VCRTypes rows): a second-stage pretraining or VCR checkpoint.
+func HasVCRTables(sd *ckpt.StateDict) bool {
+	return tableRows(sd, model.TypeEmbeddingName) == VCRTypes
+}
+
 // LoadVCRTables loads sd into m with VCR's surgery, for fine-tuning and
 // second-stage pretraining alike: a checkpoint whose type table has
 // VCRTypes rows is loaded after the tables are grown to its sizes, any
@@ -162,6 +168,14 @@ func (v *VCR) Open(txt *db.TxtDB, img *db.ImgDB, o data.DownstreamOptions) (Data
 // detected-box db det (either may be nil): a training set when o.Train.
 func (v *VCR) OpenVCR(txt *db.TxtDB, gt, det *db.ImgDB, o data.DownstreamOptions) (Dataset, error) {
 	return data.NewVCRSet(txt, gt, det, o.Train, v.all, o)
+}
+
+// OpenVCRFinal reads an evaluation split in the test layout
+// (VCRTestRows: every rationale after every answer) whatever v was built
+// with: train_vcr.py's final validation on VcrEvalDataset("test").
+func (v *VCR) OpenVCRFinal(txt *db.TxtDB, gt, det *db.ImgDB, o data.DownstreamOptions) (Dataset, error) {
+	o.Train = false
+	return data.NewVCRSet(txt, gt, det, false, true, o)
 }
 
 // Load copies a checkpoint with VCR's surgery (LoadVCRTables). With

@@ -549,6 +549,12 @@ func (t *Trainer) Run(ctx context.Context) error {
 			return t.hurried(err)
 		}
 	}
+	// VCR ends with train_vcr.py's final validation in the test layout.
+	if t.step >= t.cfg.NumTrainSteps && t.down != nil {
+		if err := t.validateVCRFinal(); err != nil {
+			return t.hurried(err)
+		}
+	}
 	if t.lastSave != t.step {
 		if err := t.save(); err != nil {
 			return err

@@ -2,8 +2,11 @@ package train
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 
+	"uniter/internal/atomicfile"
 	"uniter/internal/data"
 	"uniter/internal/db"
 	"uniter/internal/tasks"
@@ -144,4 +147,67 @@ func (c *Config) VCRPretraining() bool {
 		}
 	}
 	return false
+}
+
+// VCRFinalResults names the results file of VCR's final validation,
+// train_vcr.py's results_{step}_final_qa_qar_rank{rank}.json.
+func VCRFinalResults(step int) string {
+	return fmt.Sprintf("results_%d_final_qa_qar_rank0", step)
+}
+
+// validateVCRFinal is train_vcr.py's last validation: the val split in the
+// test layout (VCRTestRows rows an example, every rationale after every
+// answer; QA->R judged after the true answer), logged as split
+// "val_final" and its scores written to results/ (VCRFinalResults). Other
+// tasks, and runs without a val split, have none.
+func (t *Trainer) validateVCRFinal() error {
+	v, ok := t.down.(*tasks.VCR)
+	if !ok || t.cfg.ValTxtDB == "" {
+		return nil
+	}
+	txt, err := t.dbs.Txt(t.cfg.ValTxtDB)
+	if err != nil {
+		return err
+	}
+	if err := checkVocab(txt.Meta(), t.cfg.ValTxtDB, t.mc.VocabSize); err != nil {
+		return err
+	}
+	gt, det, err := t.dbs.vcrImgDBs(t.cfg.ValImgDB)
+	if err != nil {
+		return err
+	}
+	// As the other validations: every text, no max_txt_len filter.
+	o := data.DownstreamOptions{MaxTxtLen: -1, ImgDim: t.mc.ImgDim, MaxWords: t.mc.MaxPositionEmbeddings - 2}
+	ds, err := v.OpenVCRFinal(txt, gt, det, o)
+	if err != nil {
+		return fmt.Errorf("final validation: %w", err)
+	}
+	ev, err := t.shardedEval(ds)
+	if err != nil {
+		return fmt.Errorf("final validation at step %d: %w", t.step, err)
+	}
+	metrics := t.down.Metrics(ev)
+	row := Row{{"step", t.step}, {"split", "val_final"}, {"task", t.down.Name()}}
+	for _, name := range sortedKeys(metrics) {
+		row = append(row, Field{name, metrics[name]})
+	}
+	if err := t.metrics.Write(row); err != nil {
+		return err
+	}
+	if t.world.Rank == 0 {
+		ext, b, err := t.down.Results(ev, true)
+		if err != nil {
+			return err
+		}
+		dir := filepath.Join(t.opts.Output, ResultsDir)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("finetune: %w", err)
+		}
+		path := filepath.Join(dir, VCRFinalResults(t.step)+ext)
+		if err := atomicfile.WriteFile(path, b); err != nil {
+			return fmt.Errorf("finetune: %s: %w", path, err)
+		}
+	}
+	fmt.Fprintf(t.opts.Log, "\nfinetune: step %d final validation (%d rows an example): val %s\n", t.step, data.VCRTestRows, formatMetrics(metrics))
+	return nil
 }
