@@ -27,14 +27,6 @@ func REImageName(imageID int64, gt bool) string {
 // boxes, the test of train_re.py and inf_re.py ("coco_gt" in the path).
 func IsREGroundTruth(path string) bool { return strings.Contains(path, "coco_gt") }
 
-// REGroundTruthOptions are how the original opens a ground-truth RE
-// img_db whatever the config says: conf_th -1 and num_bb 100, the
-// feat_numbb100 layout, every stored box (one per annotation).
-func REGroundTruthOptions(o db.ImgDBOptions) db.ImgDBOptions {
-	o.ConfTh, o.NumBB = -1, 100
-	return o
-}
-
 // reImage is an entry of an RE txt_db's images.json.
 type reImage struct {
 	ID       int64   `json:"id"`

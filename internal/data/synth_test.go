@@ -145,7 +145,7 @@ func openImg(t *testing.T, dir, rel string) *db.ImgDB {
 // (conf_th -1, num_bb 100: feat_numbb100).
 func openREImg(t *testing.T, dir, rel string) *db.ImgDB {
 	t.Helper()
-	d, err := db.OpenImgDB(filepath.Join(dir, rel), REGroundTruthOptions(db.DefaultImgDBOptions()))
+	d, err := db.OpenImgDB(filepath.Join(dir, rel), db.GroundTruthOptions(db.DefaultImgDBOptions()))
 	if err != nil {
 		t.Fatal(err)
 	}

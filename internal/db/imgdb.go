@@ -666,3 +666,12 @@ func toFloat32(a Array) ([]float32, error) {
 	}
 	return nil, fmt.Errorf("unsupported dtype %q", a.Dtype)
 }
+
+// GroundTruthOptions are how the original opens a ground-truth-box img_db
+// (RE and VCR) whatever the config says: conf_th -1 and num_bb 100, the
+// feat_numbb100 layout, every stored box up to 100; max_bb and min_bb as
+// given.
+func GroundTruthOptions(o ImgDBOptions) ImgDBOptions {
+	o.ConfTh, o.NumBB = -1, 100
+	return o
+}

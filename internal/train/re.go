@@ -17,7 +17,7 @@ func (c *DBs) OpenREGroundTruth(all bool, dirs ...string) error {
 		if _, ok := c.img[dir]; ok {
 			continue
 		}
-		d, err := db.OpenImgDB(dir, data.REGroundTruthOptions(c.imgOpts))
+		d, err := db.OpenImgDB(dir, db.GroundTruthOptions(c.imgOpts))
 		if err != nil {
 			return err
 		}

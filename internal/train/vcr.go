@@ -65,21 +65,13 @@ func VCRImgEntry(gt, det string) string {
 	return vcrGTPrefix + gt + ";" + det
 }
 
-// VCRGroundTruthOptions are the options the original opens VCR's
-// ground-truth-box dbs with: conf_th -1 and num_bb 100 (feat_numbb100,
-// every stored box up to 100), max_bb and min_bb as configured.
-func VCRGroundTruthOptions(o db.ImgDBOptions) db.ImgDBOptions {
-	o.ConfTh, o.NumBB = -1, 100
-	return o
-}
-
 // vcrGT opens (once) the ground-truth-box img_db in dir.
 func (c *DBs) vcrGT(dir string) (*db.ImgDB, error) {
 	key := "vcr-gt\x00" + dir
 	if d, ok := c.img[key]; ok {
 		return d, nil
 	}
-	d, err := db.OpenImgDB(dir, VCRGroundTruthOptions(c.imgOpts))
+	d, err := db.OpenImgDB(dir, db.GroundTruthOptions(c.imgOpts))
 	if err != nil {
 		return nil, err
 	}
