@@ -85,9 +85,8 @@ type Config struct {
 	Margin           float64 `mapstructure:"margin" yaml:"margin,omitempty"`
 	FullVal          bool    `mapstructure:"full_val" yaml:"full_val,omitempty"`
 	// Optim is the optimizer; the official configs all say adamw, the only
-	// one implemented. (Keys of the official configs that no run reads,
-	// pin_mem, compressed_db, rank and those of tasks not implemented,
-	// are in ignoredKeys.)
+	// one here. (Keys of the official configs that no run reads, pin_mem,
+	// compressed_db, rank and mask_dir, are in ignoredKeys.)
 	Optim string `mapstructure:"optim" yaml:"optim"`
 
 	// TrainBatchSize and ValBatchSize are token budgets (padded tokens per

@@ -378,8 +378,8 @@ func ignoredIn(t *testing.T, name string, warnings []string) []string {
 
 // TestOriginalConfigs: every config/*.json of the reference loads as it
 // is (its model_config naming a model JSON with the reference's keys), for
-// its own task or, for a task not implemented yet, for ve; the keys the
-// run does not read are named once, each with why, in one warning line.
+// its own task and, as another task's config, for ve; the keys the run
+// does not read are named once, each with why, in one warning line.
 func TestOriginalConfigs(t *testing.T) {
 	dir := t.TempDir()
 	modelJSON := func(name string, hidden, inter, heads, layers int) string {
