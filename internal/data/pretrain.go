@@ -255,19 +255,25 @@ func (s *PretrainSet) Example(task string, epoch, i int) (*Example, error) {
 // Build returns the loader's build function for a task: decode every
 // example of the job, then collate.
 func (s *PretrainSet) Build(task string) BuildFunc[*Batch] {
+	return buildExamples(s.Example, task, s.opts.ImgDim)
+}
+
+// buildExamples is the build function of a pretraining set: decode each
+// example of the job with example, then collate.
+func buildExamples(example func(task string, epoch, i int) (*Example, error), task string, imgDim int) BuildFunc[*Batch] {
 	return func(ctx context.Context, j Job) (*Batch, error) {
 		exs := make([]*Example, len(j.Indices))
 		for k, i := range j.Indices {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			ex, err := s.Example(task, j.Pos.Epoch, i)
+			ex, err := example(task, j.Pos.Epoch, i)
 			if err != nil {
 				return nil, err
 			}
 			exs[k] = ex
 		}
-		return Collate(exs, s.opts.ImgDim)
+		return Collate(exs, imgDim)
 	}
 }
 

@@ -301,30 +301,11 @@ func (s *VCRSet) choices(id string, ex db.Example, field string) ([][]int32, err
 // types 0 (CLS, Q) and 2 ([SEP] A [SEP]); QA->R rows are [CLS] Q [SEP] A
 // [SEP] R [SEP] with types 0, 2 ([SEP] A) and 3 ([SEP] R [SEP]).
 func (s *VCRSet) Rows(i int) ([]*Example, error) {
-	if i < 0 || i >= len(s.items) {
-		return nil, fmt.Errorf("vcr: txt_db %s: example %d of %d", s.txt.Dir(), i, len(s.items))
-	}
-	e := s.items[i]
-	ex, err := s.txt.Get(e.id)
+	t, err := s.texts(i)
 	if err != nil {
 		return nil, err
 	}
-	q, err := ex.InputIDs()
-	if err != nil {
-		return nil, err
-	}
-	as, err := s.choices(e.id, ex, "input_ids_as")
-	if err != nil {
-		return nil, err
-	}
-	rs, err := s.choices(e.id, ex, "input_ids_rs")
-	if err != nil {
-		return nil, err
-	}
-	qa, qar, err := s.targets(e.id, ex)
-	if err != nil {
-		return nil, err
-	}
+	e, q, as, rs, qa, qar := t.e, t.q, t.as, t.rs, t.qa, t.qar
 	ims, err := s.images(i)
 	if err != nil {
 		return nil, err
@@ -386,6 +367,39 @@ func (s *VCRSet) Rows(i int) ([]*Example, error) {
 		out[r] = x
 	}
 	return out, nil
+}
+
+// vcrTexts are one example's question, answer and rationale choices and
+// targets (-1 where the split has none).
+type vcrTexts struct {
+	e       vcrEntry
+	q       []int32
+	as, rs  [][]int32
+	qa, qar int
+}
+
+// texts reads example i's texts and targets from the txt_db.
+func (s *VCRSet) texts(i int) (vcrTexts, error) {
+	var t vcrTexts
+	if i < 0 || i >= len(s.items) {
+		return t, fmt.Errorf("vcr: txt_db %s: example %d of %d", s.txt.Dir(), i, len(s.items))
+	}
+	t.e = s.items[i]
+	ex, err := s.txt.Get(t.e.id)
+	if err != nil {
+		return t, err
+	}
+	if t.q, err = ex.InputIDs(); err != nil {
+		return t, err
+	}
+	if t.as, err = s.choices(t.e.id, ex, "input_ids_as"); err != nil {
+		return t, err
+	}
+	if t.rs, err = s.choices(t.e.id, ex, "input_ids_rs"); err != nil {
+		return t, err
+	}
+	t.qa, t.qar, err = s.targets(t.e.id, ex)
+	return t, err
 }
 
 // row is VCRRow with the set's specials, cut to the position table: a row

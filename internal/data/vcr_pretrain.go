@@ -1,7 +1,6 @@
 package data
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -66,30 +65,11 @@ func (s *VCRPretrainSet) Lens(string, int) ([]int, error) { return s.VCRSet.Lens
 // Example builds example i of a task's epoch; randomness comes from the
 // seed, task, epoch and index only.
 func (s *VCRPretrainSet) Example(task string, epoch, i int) (*Example, error) {
-	if i < 0 || i >= len(s.items) {
-		return nil, fmt.Errorf("vcr pretrain example %d of %d", i, len(s.items))
-	}
-	e := s.items[i]
-	ex, err := s.txt.Get(e.id)
+	t, err := s.texts(i)
 	if err != nil {
 		return nil, err
 	}
-	q, err := ex.InputIDs()
-	if err != nil {
-		return nil, err
-	}
-	as, err := s.choices(e.id, ex, "input_ids_as")
-	if err != nil {
-		return nil, err
-	}
-	rs, err := s.choices(e.id, ex, "input_ids_rs")
-	if err != nil {
-		return nil, err
-	}
-	qa, qar, err := s.targets(e.id, ex)
-	if err != nil {
-		return nil, err
-	}
+	e, q, as, rs, qa, qar := t.e, t.q, t.as, t.rs, t.qa, t.qar
 	if qa < 0 || (e.qar && qar < 0) {
 		return nil, fmt.Errorf("vcr: txt_db %s: key %q: no qa_target/qar_target to pretrain on", s.txt.Dir(), e.id)
 	}
@@ -181,18 +161,5 @@ func (s *VCRPretrainSet) Example(task string, epoch, i int) (*Example, error) {
 
 // Build returns the loader's build function for a task.
 func (s *VCRPretrainSet) Build(task string) BuildFunc[*Batch] {
-	return func(ctx context.Context, j Job) (*Batch, error) {
-		exs := make([]*Example, len(j.Indices))
-		for k, i := range j.Indices {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			ex, err := s.Example(task, j.Pos.Epoch, i)
-			if err != nil {
-				return nil, err
-			}
-			exs[k] = ex
-		}
-		return Collate(exs, s.imgDim)
-	}
+	return buildExamples(s.Example, task, s.imgDim)
 }
