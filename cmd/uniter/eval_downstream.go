@@ -14,7 +14,6 @@ import (
 
 	"uniter/internal/atomicfile"
 	"uniter/internal/ckpt"
-	"uniter/internal/compute"
 	"uniter/internal/data"
 	"uniter/internal/model"
 	"uniter/internal/npy"
@@ -27,15 +26,7 @@ import (
 // task's official output file and, with --save-logits, ids.json and
 // logits.npy.
 func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
-	var err error
-	if o.mf.checkpoint, err = resolveCheckpoint(o.mf.checkpoint, stderr); err != nil {
-		return fmt.Errorf("eval: %w", err)
-	}
-	be, err := o.mf.backend()
-	if err != nil {
-		return err
-	}
-	m, sd, err := downstreamModel(be, o, stderr)
+	m, sd, err := downstreamModel(&o, stderr)
 	if err != nil {
 		return err
 	}
@@ -171,16 +162,25 @@ func runEvalDownstream(ctx context.Context, o evalOpts, stdout, stderr io.Writer
 	return nil
 }
 
-// downstreamModel builds the model to evaluate and reads its weights: the
-// checkpoint's, or with --init-seed the model a "uniter finetune" run with
-// that seed and model config starts from (a fresh head on the backbone of
-// --checkpoint when given, else on a fresh backbone): the untrained
-// baseline of a run.
-func downstreamModel(be compute.Backend, o evalOpts, log io.Writer) (*model.Model, *ckpt.StateDict, error) {
+// downstreamModel resolves --checkpoint (a run's directory to its
+// checkpoint), builds the model to evaluate on --device and reads its
+// weights: the checkpoint's, or with --init-seed the model a "uniter
+// finetune" run with that seed and model config starts from (a fresh head
+// on the backbone of --checkpoint when given, else on a fresh backbone):
+// the untrained baseline of a run.
+func downstreamModel(o *evalOpts, log io.Writer) (*model.Model, *ckpt.StateDict, error) {
+	var err error
+	if o.mf.checkpoint, err = resolveCheckpoint(o.mf.checkpoint, log); err != nil {
+		return nil, nil, fmt.Errorf("eval: %w", err)
+	}
+	be, err := o.mf.backend()
+	if err != nil {
+		return nil, nil, err
+	}
 	if o.initSeed < 0 {
 		return o.mf.build(be)
 	}
-	m, err := initModel(be, o, nil, log)
+	m, err := initModel(be, *o, nil, log)
 	if err != nil || o.mf.checkpoint == "" {
 		return m, nil, err
 	}

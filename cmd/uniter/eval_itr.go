@@ -35,15 +35,7 @@ var (
 // arguments continues from the blocks it finished. A checkpoint without
 // rank_output (pretraining) is scored zero-shot from its ITM match row.
 func runEvalITR(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
-	var err error
-	if o.mf.checkpoint, err = resolveCheckpoint(o.mf.checkpoint, stderr); err != nil {
-		return fmt.Errorf("eval: %w", err)
-	}
-	be, err := o.mf.backend()
-	if err != nil {
-		return err
-	}
-	m, sd, err := downstreamModel(be, o, stderr)
+	m, sd, err := downstreamModel(&o, stderr)
 	if err != nil {
 		return err
 	}

@@ -38,15 +38,7 @@ type rePass struct {
 // also on the ground-truth boxes (suffix _gt in metrics and file names).
 // Every output is written only after every pass has succeeded.
 func runEvalRE(ctx context.Context, o evalOpts, stdout, stderr io.Writer) error {
-	var err error
-	if o.mf.checkpoint, err = resolveCheckpoint(o.mf.checkpoint, stderr); err != nil {
-		return fmt.Errorf("eval: %w", err)
-	}
-	be, err := o.mf.backend()
-	if err != nil {
-		return err
-	}
-	m, sd, err := downstreamModel(be, o, stderr)
+	m, sd, err := downstreamModel(&o, stderr)
 	if err != nil {
 		return err
 	}
