@@ -216,18 +216,14 @@ func (t *Trainer) validateDownstream() error {
 		if err := t.writeResults(s.name, ev); err != nil {
 			return err
 		}
-		if acc, ok := metrics["acc"]; ok && s.name == "val" && (t.best.Metric == "" || acc > t.best.Value) {
-			t.best = Best{Step: t.step, Metric: "val acc", Value: acc}
-			var path string
-			err := t.reps[0].onWorker(func() error {
-				var err error
-				path, err = SaveBest(filepath.Join(t.opts.Output, CkptDir), t.m, t.best, t.ckptFiles)
-				return err
-			})
+		if acc, ok := metrics["acc"]; ok && s.name == "val" {
+			path, err := t.keepBest("val acc", acc)
 			if err != nil {
 				return err
 			}
-			summary = append(summary, "new best, saved "+path)
+			if path != "" {
+				summary = append(summary, "new best, saved "+path)
+			}
 		}
 	}
 	fmt.Fprintf(t.opts.Log, "\nfinetune: step %d validation: %s\n", t.step, strings.Join(summary, "; "))
@@ -237,6 +233,12 @@ func (t *Trainer) validateDownstream() error {
 // writeResults stores a split's predictions as results/{split}_results_{step}_rank0
 // with the task's extension, the official training scripts' naming.
 func (t *Trainer) writeResults(split string, ev *tasks.Eval) error {
+	return t.writeResultsAs(fmt.Sprintf("%s_results_%d_rank0", split, t.step), ev)
+}
+
+// writeResultsAs stores predictions as results/{name} with the task's
+// extension.
+func (t *Trainer) writeResultsAs(name string, ev *tasks.Eval) error {
 	ext, b, err := t.down.Results(ev, true)
 	if err != nil {
 		return err
@@ -245,9 +247,25 @@ func (t *Trainer) writeResults(split string, ev *tasks.Eval) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("finetune: %w", err)
 	}
-	path := filepath.Join(dir, fmt.Sprintf("%s_results_%d_rank0%s", split, t.step, ext))
+	path := filepath.Join(dir, name+ext)
 	if err := atomicfile.WriteFile(path, b); err != nil {
 		return fmt.Errorf("finetune: %s: %w", path, err)
 	}
 	return nil
+}
+
+// keepBest makes value of metric the best so far when it beats it, saving
+// the model as ckpt/best; it returns the path saved, "" when not better.
+func (t *Trainer) keepBest(metric string, value float64) (string, error) {
+	if t.best.Metric != "" && value <= t.best.Value {
+		return "", nil
+	}
+	t.best = Best{Step: t.step, Metric: metric, Value: value}
+	var path string
+	err := t.reps[0].onWorker(func() error {
+		var err error
+		path, err = SaveBest(filepath.Join(t.opts.Output, CkptDir), t.m, t.best, t.ckptFiles)
+		return err
+	})
+	return path, err
 }

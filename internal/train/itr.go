@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"path/filepath"
 	"sort"
 	"strings"
 
@@ -250,17 +249,11 @@ func (t *Trainer) validateITR(task *tasks.ITR) error {
 		if t.world.Rank != 0 || s.name != "val" {
 			continue
 		}
-		if v := res.Metrics["r_mean"]; t.best.Metric == "" || v > t.best.Value {
-			t.best = Best{Step: t.step, Metric: "val r_mean", Value: v}
-			var path string
-			err := t.reps[0].onWorker(func() error {
-				var err error
-				path, err = SaveBest(filepath.Join(t.opts.Output, CkptDir), t.m, t.best, t.ckptFiles)
-				return err
-			})
-			if err != nil {
-				return err
-			}
+		path, err := t.keepBest("val r_mean", res.Metrics["r_mean"])
+		if err != nil {
+			return err
+		}
+		if path != "" {
 			summary = append(summary, "new best, saved "+path)
 		}
 	}

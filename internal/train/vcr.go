@@ -2,11 +2,8 @@ package train
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 
-	"uniter/internal/atomicfile"
 	"uniter/internal/data"
 	"uniter/internal/db"
 	"uniter/internal/tasks"
@@ -187,17 +184,8 @@ func (t *Trainer) validateVCRFinal() error {
 		return err
 	}
 	if t.world.Rank == 0 {
-		ext, b, err := t.down.Results(ev, true)
-		if err != nil {
+		if err := t.writeResultsAs(VCRFinalResults(t.step), ev); err != nil {
 			return err
-		}
-		dir := filepath.Join(t.opts.Output, ResultsDir)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("finetune: %w", err)
-		}
-		path := filepath.Join(dir, VCRFinalResults(t.step)+ext)
-		if err := atomicfile.WriteFile(path, b); err != nil {
-			return fmt.Errorf("finetune: %s: %w", path, err)
 		}
 	}
 	fmt.Fprintf(t.opts.Log, "\nfinetune: step %d final validation (%d rows an example): val %s\n", t.step, data.VCRTestRows, formatMetrics(metrics))
