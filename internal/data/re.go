@@ -1,7 +1,6 @@
 package data
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -206,22 +205,7 @@ func (s *RESet) Lens(string, int) ([]int, error) {
 
 // Build returns the loader's build function: one row per sentence with
 // Boxes, and Labels with ground-truth boxes.
-func (s *RESet) Build(string) BuildFunc[*Batch] {
-	return func(ctx context.Context, j Job) (*Batch, error) {
-		exs := make([]*Example, 0, len(j.Indices))
-		for _, i := range j.Indices {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			r, err := s.Rows(i)
-			if err != nil {
-				return nil, err
-			}
-			exs = append(exs, r...)
-		}
-		return CollateRows(exs, s.imgDim, 1)
-	}
-}
+func (s *RESet) Build(string) BuildFunc[*Batch] { return buildRows(s.Rows, s.imgDim, 1) }
 
 // Rows builds sentence i: [CLS] sentence [SEP] and every region of its
 // image (type 1).

@@ -2,7 +2,6 @@ package data
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -223,22 +222,7 @@ func (s *VCRSet) Lens(string, int) ([]int, error) {
 }
 
 // Build returns the loader's build function.
-func (s *VCRSet) Build(string) BuildFunc[*Batch] {
-	return func(ctx context.Context, j Job) (*Batch, error) {
-		exs := make([]*Example, 0, s.rows*len(j.Indices))
-		for _, i := range j.Indices {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			r, err := s.Rows(i)
-			if err != nil {
-				return nil, err
-			}
-			exs = append(exs, r...)
-		}
-		return CollateRows(exs, s.imgDim, s.rows)
-	}
-}
+func (s *VCRSet) Build(string) BuildFunc[*Batch] { return buildRows(s.Rows, s.imgDim, s.rows) }
 
 // images reads example i's images: the ground-truth boxes first.
 func (s *VCRSet) images(i int) ([]*db.Image, error) {

@@ -153,9 +153,9 @@ func (s *txtImgSet) images(i int) ([]*db.Image, error) {
 	return out, nil
 }
 
-// build returns the loader's build function: the rows of every example of
-// the job, collated perExample rows to an example.
-func (s *txtImgSet) build(rows func(i int) ([]*Example, error), perExample int) BuildFunc[*Batch] {
+// buildRows returns a loader's build function: the rows of every example
+// of the job, collated perExample rows to an example.
+func buildRows(rows func(i int) ([]*Example, error), imgDim, perExample int) BuildFunc[*Batch] {
 	return func(ctx context.Context, j Job) (*Batch, error) {
 		exs := make([]*Example, 0, perExample*len(j.Indices))
 		for _, i := range j.Indices {
@@ -168,7 +168,7 @@ func (s *txtImgSet) build(rows func(i int) ([]*Example, error), perExample int) 
 			}
 			exs = append(exs, r...)
 		}
-		return CollateRows(exs, s.imgDim, perExample)
+		return CollateRows(exs, imgDim, perExample)
 	}
 }
 
@@ -201,7 +201,7 @@ func (s *VQASet) Lens(string, int) ([]int, error) { return s.lens(1), nil }
 
 // Build returns the loader's build function. Batches have Targets
 // [B*numAnswers] (nil on a split without targets) and no Labels.
-func (s *VQASet) Build(string) BuildFunc[*Batch] { return s.build(s.Rows, 1) }
+func (s *VQASet) Build(string) BuildFunc[*Batch] { return buildRows(s.Rows, s.imgDim, 1) }
 
 // Rows builds example i as its one row: [CLS] question [SEP], the image's
 // regions and the answer scores scattered into a numAnswers vector.
