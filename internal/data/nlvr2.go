@@ -57,7 +57,9 @@ func (s *NLVR2Set) Lens(string, int) ([]int, error) { return s.lens(s.rowsPerExa
 // Build returns the loader's build function. Paired batches have
 // RowsPerExample 2; Labels are per example, nil on a split without
 // targets.
-func (s *NLVR2Set) Build(string) BuildFunc[*Batch] { return buildRows(s.Rows, s.imgDim, s.rowsPerExample()) }
+func (s *NLVR2Set) Build(string) BuildFunc[*Batch] {
+	return buildRows(s.Rows, s.imgDim, s.rowsPerExample())
+}
 
 // Rows builds example i: two rows (paired) or one (triplet), all carrying
 // the example's id and label.
