@@ -1,11 +1,7 @@
 package data
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 
 	"uniter/internal/db"
 )
@@ -89,9 +85,9 @@ func NewVCRSet(txt *db.TxtDB, gt, det *db.ImgDB, train, all bool, opts Downstrea
 		files = []string{VCRLensQA, VCRLensQAR}
 	}
 	for _, f := range files {
-		ids, lens, err := readOrderedLens(filepath.Join(txt.Dir(), f))
+		ids, lens, err := txt.ReadLens(f)
 		if err != nil {
-			return nil, fmt.Errorf("vcr: txt_db %s: %w (a VCR txt_db has %s and %s)", txt.Dir(), err, VCRLensQA, VCRLensQAR)
+			return nil, fmt.Errorf("vcr: %w (a VCR txt_db has %s and %s)", err, VCRLensQA, VCRLensQAR)
 		}
 		var keep []string
 		for _, id := range ids {
@@ -156,39 +152,6 @@ func NewVCRSet(txt *db.TxtDB, gt, det *db.ImgDB, train, all bool, opts Downstrea
 		s.imgDim = ims[0].Dim
 	}
 	return s, nil
-}
-
-// readOrderedLens reads an {id: len} json keeping its key order.
-func readOrderedLens(path string) ([]string, map[string]int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return nil, nil, fmt.Errorf("%s: want a JSON object {id: length}", path)
-	}
-	lens := map[string]int{}
-	var ids []string
-	for dec.More() {
-		t, err := dec.Token()
-		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", path, err)
-		}
-		id, _ := t.(string)
-		var n int
-		if err := dec.Decode(&n); err != nil {
-			return nil, nil, fmt.Errorf("%s: id %q: %w", path, id, err)
-		}
-		if n < 0 {
-			return nil, nil, fmt.Errorf("%s: id %q has negative length %d", path, id, n)
-		}
-		if _, dup := lens[id]; !dup {
-			ids = append(ids, id)
-		}
-		lens[id] = n
-	}
-	return ids, lens, nil
 }
 
 // Len is the number of examples of this rank (training: Q->A and QA->R

@@ -57,15 +57,11 @@ func OpenTxtDB(dir string) (*TxtDB, error) {
 	if err := readJSON(dir, "meta.json", func(b []byte) error { return t.meta.parse(b) }); err != nil {
 		return nil, err
 	}
-	if err := readJSON(dir, "id2len.json", func(b []byte) (err error) { t.ids, t.id2len, err = orderedLens(b); return err }); err != nil {
+	var err error
+	if t.ids, t.id2len, err = readLens(dir, "id2len.json"); err != nil {
 		return nil, err
 	}
-	for _, id := range t.ids {
-		if n := t.id2len[id]; n < 0 {
-			return nil, fmt.Errorf("txt_db %s: id2len.json: id %q has negative length %d", dir, id, n)
-		}
-	}
-	err := readJSON(dir, "txt2img.json", func(b []byte) error {
+	err = readJSON(dir, "txt2img.json", func(b []byte) error {
 		var raw map[string]json.RawMessage
 		if err := json.Unmarshal(b, &raw); err != nil {
 			return err
@@ -304,7 +300,31 @@ func DecodeTxtValue(b []byte) (map[string]any, error) {
 	return m, nil
 }
 
-// orderedLens decodes id2len.json keeping its key order.
+// ReadLens reads one of the txt_db's {id: length} side files (VCR's
+// id2len_qa.json, id2len_qar.json) keeping its key order, the order the
+// original indexes the examples by.
+func (t *TxtDB) ReadLens(name string) ([]string, map[string]int, error) {
+	return readLens(t.dir, name)
+}
+
+// readLens reads dir/name as an {id: length} object in key order; a
+// negative length is an error naming the id.
+func readLens(dir, name string) (ids []string, lens map[string]int, err error) {
+	err = readJSON(dir, name, func(b []byte) error {
+		if ids, lens, err = orderedLens(b); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if n := lens[id]; n < 0 {
+				return fmt.Errorf("id %q has negative length %d", id, n)
+			}
+		}
+		return nil
+	})
+	return ids, lens, err
+}
+
+// orderedLens decodes an {id: length} object keeping its key order.
 func orderedLens(b []byte) ([]string, map[string]int, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
