@@ -191,20 +191,7 @@ func TestFinetuneConfigs(t *testing.T) {
 		{"finetune-vcr-large-4gpu", "vcr", 4000, 5, 8000, 800, 6e-5, 1, "", 1, ""},
 	}
 	for _, c := range cases {
-		yamlPath := filepath.Join("..", "..", "configs", c.file+".yaml")
-		v := viper.New()
-		if err := ReadConfigFile(v, yamlPath); err != nil {
-			t.Fatal(err)
-		}
-		js, err := json.Marshal(v.AllSettings())
-		if err != nil {
-			t.Fatal(err)
-		}
-		jsonPath := filepath.Join(t.TempDir(), strings.Replace(c.file, "finetune-", "train-", 1)+".json")
-		if err := os.WriteFile(jsonPath, js, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		for _, path := range []string{yamlPath, jsonPath} {
+		for _, path := range yamlAndJSON(t, c.file, strings.Replace(c.file, "finetune-", "train-", 1)) {
 			cfg, err := decodeTask(t, path, c.task)
 			if err != nil {
 				t.Fatalf("%s: %v", path, err)
@@ -426,4 +413,25 @@ func TestOriginalConfigs(t *testing.T) {
 			t.Errorf("%s: model %+v, %v", c.name, mc, err)
 		}
 	}
+}
+
+// yamlAndJSON returns the path of configs/file.yaml and of the same
+// settings written as the JSON file jsonName+".json" with the official
+// keys, so that a test loads both.
+func yamlAndJSON(t *testing.T, file, jsonName string) []string {
+	t.Helper()
+	yamlPath := filepath.Join("..", "..", "configs", file+".yaml")
+	v := viper.New()
+	if err := ReadConfigFile(v, yamlPath); err != nil {
+		t.Fatal(err)
+	}
+	js, err := json.Marshal(v.AllSettings())
+	if err != nil {
+		t.Fatal(err)
+	}
+	jsonPath := filepath.Join(t.TempDir(), jsonName+".json")
+	if err := os.WriteFile(jsonPath, js, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return []string{yamlPath, jsonPath}
 }

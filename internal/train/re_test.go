@@ -1,13 +1,8 @@
 package train
 
 import (
-	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/spf13/viper"
 )
 
 // TestREConfigs loads the YAML copies of the official RefCOCO, RefCOCO+
@@ -27,20 +22,7 @@ func TestREConfigs(t *testing.T) {
 		{"finetune-re-refcocog-base-1gpu", 24000, 1500, 1e-4, 1},
 	}
 	for _, c := range cases {
-		yamlPath := filepath.Join("..", "..", "configs", c.file+".yaml")
-		v := viper.New()
-		if err := ReadConfigFile(v, yamlPath); err != nil {
-			t.Fatal(err)
-		}
-		js, err := json.Marshal(v.AllSettings())
-		if err != nil {
-			t.Fatal(err)
-		}
-		jsonPath := filepath.Join(t.TempDir(), strings.Replace(c.file, "finetune-re-", "train-", 1)+".json")
-		if err := os.WriteFile(jsonPath, js, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		for _, path := range []string{yamlPath, jsonPath} {
+		for _, path := range yamlAndJSON(t, c.file, strings.Replace(c.file, "finetune-re-", "train-", 1)) {
 			cfg, err := decodeTask(t, path, "re")
 			if err != nil {
 				t.Fatalf("%s: %v", path, err)
