@@ -265,6 +265,44 @@ func (m *Model) Forward(in *Input) error {
 		return err
 	}
 	be, h := m.be, m.Cfg.HiddenSize
+	x, lens32 := m.embed(in)
+	m.lens = be.FromI32(lens32, in.B)
+	m.seq = m.enc.Fwd(be, x, m.lens)
+
+	first := make([]int32, in.B)
+	for b := range first {
+		first[b] = int32(b * m.s)
+	}
+	m.firstIdx = be.FromI32(first, in.B)
+	pre := m.poolPre.F32(be, in.B, h)
+	be.Gather(pre, m.seq, m.firstIdx)
+	m.pool(pre)
+
+	be.Zero(m.dSeq.F32(be, in.B*m.s, h))
+	be.Zero(m.dPooled.F32(be, in.B, h))
+	return nil
+}
+
+// ForwardPooled is Forward in evaluation mode for a head that reads only
+// the pooled output (retrieval scores): the last layer runs at the [CLS]
+// rows alone and the layers share one set of activations. It returns
+// Pooled; Seq is not kept, and neither this nor an earlier forward can be
+// backpropagated.
+func (m *Model) ForwardPooled(in *Input) (*compute.Tensor, error) {
+	if m.run.train {
+		return nil, fmt.Errorf("ForwardPooled: the model is in training mode")
+	}
+	if err := m.Validate(in); err != nil {
+		return nil, err
+	}
+	x, lens32 := m.embed(in)
+	return m.encodePooled(x, lens32), nil
+}
+
+// embed runs the embeddings of a validated batch and returns the encoder's
+// input [B*S, H] and each example's valid length; it sets in and s.
+func (m *Model) embed(in *Input) (*compute.Tensor, []int32) {
+	be, h := m.be, m.Cfg.HiddenSize
 	m.in = in
 	m.s = in.SeqLen()
 	lens := in.Lens()
@@ -272,7 +310,6 @@ func (m *Model) Forward(in *Input) error {
 	for i, l := range lens {
 		lens32[i] = int32(l)
 	}
-	m.lens = be.FromI32(lens32, in.B)
 
 	bt, bn := in.B*in.T, in.B*in.N
 	if !in.hasImage() {
@@ -316,22 +353,31 @@ func (m *Model) Forward(in *Input) error {
 		m.gidx = be.FromI32(m.globalGather(in), in.B*m.s)
 		be.Gather(x, emb, m.gidx)
 	}
-	m.seq = m.enc.Fwd(be, x, m.lens)
+	return x, lens32
+}
 
-	first := make([]int32, in.B)
-	for b := range first {
-		first[b] = int32(b * m.s)
+// encodePooled runs the inference encoder (encoder.fwdPooled) on x
+// [B*S, H], S = m.s, with valid lengths lens, then the pooler, and
+// returns the pooled output [B, H].
+func (m *Model) encodePooled(x *compute.Tensor, lens []int32) *compute.Tensor {
+	be, b := m.be, len(lens)
+	lens2 := make([]int32, 2*b)
+	first := make([]int32, b)
+	for r, l := range lens {
+		lens2[r], lens2[b+r], first[r] = 1, l, int32(r*m.s)
 	}
-	m.firstIdx = be.FromI32(first, in.B)
-	pre := m.poolPre.F32(be, in.B, h)
-	be.Gather(pre, m.seq, m.firstIdx)
-	pooled := m.pooled.F32(be, in.B, h)
+	m.seq = nil
+	cls := m.enc.fwdPooled(be, x, be.FromI32(lens, b), be.FromI32(lens2, 2, b), be.FromI32(first, b))
+	return m.pool(cls)
+}
+
+// pool sets Pooled = tanh(pooler(pre)) for the [CLS] rows pre [B, H].
+func (m *Model) pool(pre *compute.Tensor) *compute.Tensor {
+	be := m.be
+	pooled := m.pooled.F32(be, pre.Rows(), m.Cfg.HiddenSize)
 	m.pooler.Fwd(be, pooled, pre)
 	be.TanhFwd(pooled, pooled)
-
-	be.Zero(m.dSeq.F32(be, in.B*m.s, h))
-	be.Zero(m.dPooled.F32(be, in.B, h))
-	return nil
+	return pooled
 }
 
 // globalGather turns the per-example gather_index into row indices of the

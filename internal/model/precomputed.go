@@ -67,9 +67,9 @@ func (m *Model) EmbedImages(feats, boxes [][]float32, nbb []int) (*compute.Tenso
 // positions each, row r made of table's rows idx[r*s:(r+1)*s] of which
 // the first lens[r] are real (the rest padding: masked as keys, as the
 // reference's attention mask does; nil: every position real), and returns
-// the pooled output [b, H] (valid until the next forward). Pooled, Seq
-// and SeqLen describe this forward afterwards; it cannot be
-// backpropagated.
+// the pooled output [b, H] (valid until the next forward), as
+// ForwardPooled does: Pooled and SeqLen describe this forward afterwards,
+// Seq does not, and it cannot be backpropagated.
 func (m *Model) EncodeGathered(table *compute.Tensor, idx []int32, lens []int, b, s int) (*compute.Tensor, error) {
 	if m.run.train {
 		return nil, fmt.Errorf("EncodeGathered: the model is in training mode")
@@ -79,9 +79,8 @@ func (m *Model) EncodeGathered(table *compute.Tensor, idx []int32, lens []int, b
 	}
 	be, h := m.be, m.Cfg.HiddenSize
 	lens32 := make([]int32, b)
-	first := make([]int32, b)
 	for r := range lens32 {
-		lens32[r], first[r] = int32(s), int32(r*s)
+		lens32[r] = int32(s)
 		if lens != nil {
 			if lens[r] < 1 || lens[r] > s {
 				return nil, fmt.Errorf("EncodeGathered: row %d has length %d of %d", r, lens[r], s)
@@ -92,11 +91,5 @@ func (m *Model) EncodeGathered(table *compute.Tensor, idx []int32, lens []int, b
 	x := m.joint.F32(be, b*s, h)
 	be.Gather(x, table, be.FromI32(idx, b*s))
 	m.s, m.in = s, &Input{B: b}
-	m.seq = m.enc.Fwd(be, x, be.FromI32(lens32, b))
-	pre := m.poolPre.F32(be, b, h)
-	be.Gather(pre, m.seq, be.FromI32(first, b))
-	pooled := m.pooled.F32(be, b, h)
-	m.pooler.Fwd(be, pooled, pre)
-	be.TanhFwd(pooled, pooled)
-	return pooled, nil
+	return m.encodePooled(x, lens32), nil
 }

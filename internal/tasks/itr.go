@@ -231,7 +231,7 @@ func (r *ITR) hardSide(rows []*data.Example, backward bool, gradScale float32) (
 
 // ScoreRows returns rank_output's raw score of each row, computed in
 // chunks of at most inf_minibatch_size rows in the model's current mode
-// without any gradient.
+// without any gradient (in evaluation mode by Model.ForwardPooled).
 func (r *ITR) ScoreRows(rows []*data.Example) ([]float32, error) {
 	out := make([]float32, 0, len(rows))
 	if len(rows) == 0 {
@@ -243,7 +243,11 @@ func (r *ITR) ScoreRows(rows []*data.Example) ([]float32, error) {
 		if err != nil {
 			return nil, err
 		}
-		err = r.forward(b, false)
+		if r.m.Training() {
+			err = r.forward(b, false)
+		} else {
+			_, err = r.m.ForwardPooled(ModelInput(b))
+		}
 		b.Release()
 		if err != nil {
 			return nil, fmt.Errorf("itr: %w", err)

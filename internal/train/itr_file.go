@@ -143,23 +143,27 @@ func RankToFile(ctx context.Context, task *tasks.ITR, ds *data.ITRSet, dir strin
 }
 
 // ITRPairFLOPs is the multiply-add FLOPs (2 per multiply-add) of scoring
-// every text of ds against every image with a model of config c: per
-// pair of joint length L the encoder's projections and feed-forward
-// (2L(4H^2 + 2HI) a layer) and attention (4L^2H a layer), the pooler and
-// rank_output; the embeddings, computed once per text and per image, are
-// left out.
+// every text of ds against every image with a model of config c, as the
+// full ranking computes it (Model.EncodeGathered): per pair of joint
+// length L, each layer but the last runs its projections and feed-forward
+// (2L(4H^2 + 2HI)) and attention (4L^2H) on every position, the last
+// layer its keys and values on every position (4LH^2) and the rest at
+// [CLS] only (4H^2 + 4HI + 4LH); then the pooler and rank_output. The
+// embeddings, computed once per text and per image, are left out.
 func ITRPairFLOPs(ds *data.ITRSet, layers, h, inter int) float64 {
 	hist := map[int]int{}
 	for j := range ds.ImgNames() {
 		hist[ds.NBB(j)]++
 	}
 	var f float64
-	H, I := float64(h), float64(inter)
+	H, I, layers1 := float64(h), float64(inter), float64(layers-1)
 	for i := range ds.Len() {
 		tl := ds.TxtLen(i)
 		for nbb, n := range hist {
 			l := float64(tl + nbb)
-			f += float64(n) * (float64(layers)*(2*l*(4*H*H+2*H*I)+4*l*l*H) + 2*H*H + 2*H)
+			full := layers1 * (2*l*(4*H*H+2*H*I) + 4*l*l*H)
+			last := 4*l*H*H + 4*H*H + 4*H*I + 4*l*H
+			f += float64(n) * (full + last + 2*H*H + 2*H)
 		}
 	}
 	return f
