@@ -18,9 +18,9 @@ UniterModel of scripts/uniter_ref.py (--preset base) plus Linear(H, 1).
 Threads and BLAS, PyTorch's best settings as scripts/bench_torch.py: set
 before torch is imported, OMP_NUM_THREADS and OPENBLAS_NUM_THREADS =
 --threads (and torch.set_num_threads), OMP_WAIT_POLICY PASSIVE,
-OPENBLAS_THREAD_TIMEOUT 20 and OPENBLAS_CORETYPE SkylakeX / Haswell on an
-AVX-512 / AVX2 CPU (OpenBLAS 0.3.21 would fall back to SSE3 kernels on a
-recent Xeon), each unless the environment sets it.
+OPENBLAS_THREAD_TIMEOUT 20 and, where OpenBLAS 0.3.21 would fall back to
+its SSE3 kernels (a recent Xeon), OPENBLAS_CORETYPE SkylakeX / Haswell
+(scripts/blas_core.py), each unless the environment sets it.
 
 Prints one JSON line: texts, images, pairs, seconds, pairs_per_s,
 padded_frac (the share of the encoder's positions that are padding).
@@ -48,26 +48,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 
-def cpu_coretype():
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
-    except OSError:
-        return None
-    if all(x in flags for x in ("avx512f", "avx512bw", "avx512dq", "avx512vl")):
-        return "SkylakeX"
-    if "avx2" in flags and "fma" in flags:
-        return "Haswell"
-    return None
+sys.path.insert(0, HERE)
+from blas_core import coretype, loaded_core  # noqa: E402
 
-
-if "OPENBLAS_CORETYPE" not in os.environ and cpu_coretype():
-    os.environ["OPENBLAS_CORETYPE"] = cpu_coretype()
+if "OPENBLAS_CORETYPE" not in os.environ and coretype():
+    os.environ["OPENBLAS_CORETYPE"] = coretype()
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-sys.path.insert(0, HERE)
 from uniter_ref import UniterConfig, UniterModel, get_gather_index  # noqa: E402
 
 
@@ -113,7 +102,7 @@ def main():
     sec = time.time() - st
     pairs = len(txt_lens) * len(nbbs)
     print(json.dumps({"impl": "pytorch", "torch": torch.__version__, "threads": ARGS.threads,
-                      "coretype": os.environ.get("OPENBLAS_CORETYPE", ""), "texts": len(txt_lens),
+                      "blas_core": loaded_core(), "texts": len(txt_lens),
                       "images": len(nbbs), "pairs": pairs, "seconds": round(sec, 3),
                       "pairs_per_s": pairs / sec, "padded_frac": 1 - real / padded}))
 

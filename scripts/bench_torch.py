@@ -38,9 +38,11 @@ Threads and BLAS (set before torch is imported, so OpenBLAS and OpenMP
 see them): OMP_NUM_THREADS and OPENBLAS_NUM_THREADS = --threads, and
 torch.set_num_threads(--threads).  OpenBLAS 0.3.21 does not recognise recent
 Xeons and falls back to its SSE3 "Prescott" kernels (README, Benchmarks);
---coretype auto (default) sets OPENBLAS_CORETYPE to SkylakeX on an AVX-512
-CPU, Haswell on an AVX2 one, unless the environment already sets it;
---coretype default leaves OpenBLAS's own choice.  The kernel family in use
+--coretype auto (default) then sets OPENBLAS_CORETYPE to SkylakeX on an
+AVX-512 CPU, Haswell on an AVX2 one, and otherwise keeps OpenBLAS's own
+choice (Cooperlake on a Zen 4, faster there than SkylakeX;
+scripts/blas_core.py), unless the environment already sets it;
+--coretype default always leaves OpenBLAS's own choice.  The kernel family in use
 is reported as "blas_core".
 
 Idle threads: torch runs its elementwise operations on OpenMP threads and
@@ -58,7 +60,6 @@ gflops / tflops_per_s use the FLOP count of cmd/uniter/bench.go
 (forwardFLOPs plus the VQA head, x3 unless fwd).
 """
 import argparse
-import ctypes
 import json
 import os
 import statistics
@@ -67,22 +68,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VQA_ANSWERS = 3129
-
-
-def cpu_coretype():
-    """OpenBLAS's name of the best kernel family this CPU runs, or None."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f
-                          if ln.startswith("flags")), [])
-    except OSError:
-        return None
-    if all(x in flags for x in ("avx512f", "avx512bw", "avx512dq",
-                                "avx512vl")):
-        return "SkylakeX"
-    if "avx2" in flags and "fma" in flags:
-        return "Haswell"
-    return None
 
 
 def parse_args():
@@ -120,13 +105,15 @@ def parse_args():
 
 
 ARGS = parse_args()
+sys.path.insert(0, HERE)
+from blas_core import coretype, loaded_core  # noqa: E402
 # Before torch (and the OpenBLAS it loads) is imported.
 if ARGS.threads > 0:
     os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
     os.environ["OPENBLAS_NUM_THREADS"] = str(ARGS.threads)
 if ARGS.coretype == "auto":
-    if "OPENBLAS_CORETYPE" not in os.environ and cpu_coretype():
-        os.environ["OPENBLAS_CORETYPE"] = cpu_coretype()
+    if "OPENBLAS_CORETYPE" not in os.environ and coretype():
+        os.environ["OPENBLAS_CORETYPE"] = coretype()
 elif ARGS.coretype != "default":
     os.environ["OPENBLAS_CORETYPE"] = ARGS.coretype
 if ARGS.omp_wait_policy != "default":
@@ -137,22 +124,8 @@ if ARGS.blas_thread_timeout > 0:
 
 import torch  # noqa: E402
 
-sys.path.insert(0, HERE)
 from uniter_ref import (UniterConfig, UniterModel, boxes_7d,  # noqa: E402
                         build_joint_layout)
-
-
-def blas_core():
-    """The OpenBLAS kernel family torch's BLAS runs ("" if unknown)."""
-    for name in ("libopenblas.so.0", "libopenblas.so"):
-        try:
-            # RTLD_NOLOAD (4 on Linux): the copy torch already loaded.
-            lib = ctypes.CDLL(name, mode=os.RTLD_NOLOAD)
-        except OSError:
-            continue
-        lib.openblas_get_corename.restype = ctypes.c_char_p
-        return lib.openblas_get_corename().decode()
-    return ""
 
 
 def forward_flops(cfg, b, t, n):
@@ -278,7 +251,7 @@ def main():
         "impl": "pytorch",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "blas_core": blas_core(),
+        "blas_core": loaded_core(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "blas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT", ""),
         "mode": args.mode,
