@@ -5,7 +5,10 @@
 # on the held-out split with `uniter eval --task pretrain`, then fine-tune
 # VQA twice with the same seed, steps and data, from the pretrained
 # checkpoint and from scratch (configs/finetune-vqa-synth.yaml), evaluate
-# both on the held-out questions, and print and write
+# both on the held-out questions, rank the held-out captions against the
+# held-out images with the untrained model, zero-shot with the pretrained
+# checkpoint and after ITR fine-tuning from it
+# (configs/finetune-itr-synth.yaml), and print and write
 # runs/demo/summary.json. Needs bin/uniter (make build) and python3 (only
 # to tabulate the JSON files).
 set -euo pipefail
@@ -22,7 +25,7 @@ seed=$(sed -n 's/^seed: *//p' configs/demo.yaml)
 
 # A fresh world (seconds) and run each time: the demo measures learning
 # from step 0, and a world left by an older binary may differ.
-rm -rf "$data" "$out" "$demo"/eval_* "$demo"/vqa_* "$demo/summary.json"
+rm -rf "$data" "$out" "$demo"/eval_* "$demo"/vqa_* "$demo/itr" "$demo/summary.json"
 "$bin" data synth --out "$data" --questions 1
 "$bin" pretrain --config configs/demo.yaml --output "$out"
 
@@ -44,6 +47,18 @@ for init in pretrained scratch; do
   "$bin" eval --task vqa --checkpoint "$last" --txt-db "$data/txt/vqa_val.db" --img-db "$val_img" \
     --batch-tokens 4096 --out "$demo/eval_vqa_$init"
 done
+
+# Retrieval: every held-out caption against every held-out image, scored
+# by the untrained model, by the pretrained checkpoint zero-shot (its ITM
+# "match" row initialises rank_output) and after fine-tuning from it (the
+# plain recipe, 400 steps).
+itr_val=(--txt-db "$data/txt/itr_val.db" --img-db "$val_img")
+"$bin" eval --task itr --init-seed "$seed" --model-config "$out/log/model.json" "${itr_val[@]}" \
+  --out "$demo/eval_itr_untrained"
+"$bin" eval --task itr --checkpoint "$ckpt" "${itr_val[@]}" --out "$demo/eval_itr_zeroshot"
+"$bin" finetune --task itr --config configs/finetune-itr-synth.yaml --output "$demo/itr" --set checkpoint="$ckpt"
+last=$(ls -d "$demo/itr"/ckpt/step_* | sort | tail -n 1)
+"$bin" eval --task itr --checkpoint "$last" "${itr_val[@]}" --out "$demo/eval_itr_finetuned"
 
 wall=$(( $(date +%s) - start ))
 python3 - "$demo" "$wall" <<'EOF'
@@ -72,7 +87,13 @@ def final(name):
     m = json.load(open(os.path.join(demo, name, "metrics.json")))
     return {k: m[k] for k in ("acc", "loss", "n")}
 
-finetune = {"vqa": {"pretrained": final("eval_vqa_pretrained"), "scratch": final("eval_vqa_scratch")}}
+def ranking(name):
+    m = json.load(open(os.path.join(demo, name, "metrics.json")))
+    return {k: m[k] for k in ("img_r1", "txt_r1", "r_mean", "n_txt", "n_img")}
+
+finetune = {"vqa": {"pretrained": final("eval_vqa_pretrained"), "scratch": final("eval_vqa_scratch")},
+            "itr": {"untrained": ranking("eval_itr_untrained"), "zero_shot": ranking("eval_itr_zeroshot"),
+                    "finetuned": ranking("eval_itr_finetuned")}}
 summary = {
     "wall_s": wall,
     "train_steps": train[-1]["step"],
@@ -98,5 +119,9 @@ for task, t in tasks.items():
 v = finetune["vqa"]
 print(f"VQA fine-tuned (held-out VQA score): from the pretrained checkpoint {v['pretrained']['acc']:.4f}, "
       f"from scratch {v['scratch']['acc']:.4f}")
+r = finetune["itr"]
+print(f"ITR ({r['untrained']['n_txt']} held-out captions x {r['untrained']['n_img']} images, r_mean): "
+      f"untrained {r['untrained']['r_mean']:.4f}, pretrained zero-shot {r['zero_shot']['r_mean']:.4f}, "
+      f"fine-tuned {r['finetuned']['r_mean']:.4f}")
 print(f"demo: summary in {os.path.join(demo, 'summary.json')}")
 EOF

@@ -21,7 +21,7 @@ type encoderLayer struct {
 }
 
 // layerActs are a layer's activations. Training keeps one set per layer
-// for the backward; an inference forward (fwdInfer) shares one set between
+// for the backward; an inference forward (fwdPooled) shares one set between
 // all layers, so that the encoder's memory is one layer's, not twelve.
 type layerActs struct {
 	qb, kb, vb, ctx, lse, h1in, h1, pre, act, h2in, y Buf
