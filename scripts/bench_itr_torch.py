@@ -18,9 +18,11 @@ UniterModel of scripts/uniter_ref.py (--preset base) plus Linear(H, 1).
 Threads and BLAS, PyTorch's best settings as scripts/bench_torch.py: set
 before torch is imported, OMP_NUM_THREADS and OPENBLAS_NUM_THREADS =
 --threads (and torch.set_num_threads), OMP_WAIT_POLICY PASSIVE,
-OPENBLAS_THREAD_TIMEOUT 20 and, where OpenBLAS 0.3.21 would fall back to
-its SSE3 kernels (a recent Xeon), OPENBLAS_CORETYPE SkylakeX / Haswell
-(scripts/blas_core.py), each unless the environment sets it.
+OPENBLAS_THREAD_TIMEOUT 20, where OpenBLAS 0.3.21 would fall back to its
+SSE3 kernels (a recent Xeon) OPENBLAS_CORETYPE SkylakeX / Haswell, and
+glibc malloc keeping freed memory (MALLOC_MMAP_MAX_ 0, a large
+MALLOC_TRIM_THRESHOLD_; scripts/torch_env.py), each unless the environment
+sets it.
 
 Prints one JSON line: texts, images, pairs, seconds, pairs_per_s,
 padded_frac (the share of the encoder's positions that are padding).
@@ -49,7 +51,9 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 
 sys.path.insert(0, HERE)
-from blas_core import coretype, loaded_core  # noqa: E402
+from torch_env import coretype, loaded_core, use_retained_malloc  # noqa: E402
+
+use_retained_malloc()
 
 if "OPENBLAS_CORETYPE" not in os.environ and coretype():
     os.environ["OPENBLAS_CORETYPE"] = coretype()
@@ -102,7 +106,8 @@ def main():
     sec = time.time() - st
     pairs = len(txt_lens) * len(nbbs)
     print(json.dumps({"impl": "pytorch", "torch": torch.__version__, "threads": ARGS.threads,
-                      "blas_core": loaded_core(), "texts": len(txt_lens),
+                      "blas_core": loaded_core(),
+                      "malloc_mmap_max": os.environ.get("MALLOC_MMAP_MAX_", ""), "texts": len(txt_lens),
                       "images": len(nbbs), "pairs": pairs, "seconds": round(sec, 3),
                       "pairs_per_s": pairs / sec, "padded_frac": 1 - real / padded}))
 

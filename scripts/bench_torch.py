@@ -41,7 +41,7 @@ Xeons and falls back to its SSE3 "Prescott" kernels (README, Benchmarks);
 --coretype auto (default) then sets OPENBLAS_CORETYPE to SkylakeX on an
 AVX-512 CPU, Haswell on an AVX2 one, and otherwise keeps OpenBLAS's own
 choice (Cooperlake on a Zen 4, faster there than SkylakeX;
-scripts/blas_core.py), unless the environment already sets it;
+scripts/torch_env.py), unless the environment already sets it;
 --coretype default always leaves OpenBLAS's own choice.  The kernel family in use
 is reported as "blas_core".
 
@@ -54,6 +54,11 @@ OMP_WAIT_POLICY=PASSIVE and --blas-thread-timeout 20 (default) sets
 OPENBLAS_THREAD_TIMEOUT=20 (a 2^20-cycle spin, what the Go CPU backend
 sets for itself); either is left alone when the environment already sets
 it, and "default" / 0 leave the libraries' own behaviour.
+
+Memory: glibc malloc keeps the memory torch frees (MALLOC_MMAP_MAX_=0 and
+a large MALLOC_TRIM_THRESHOLD_, as jemalloc or tcmalloc would;
+scripts/torch_env.py) unless the environment sets either; otherwise every
+step faults its activations in anew. Reported as "malloc_mmap_max".
 
 ms_per_step is the median over --steps timed steps after --warmup steps;
 gflops / tflops_per_s use the FLOP count of cmd/uniter/bench.go
@@ -106,7 +111,9 @@ def parse_args():
 
 ARGS = parse_args()
 sys.path.insert(0, HERE)
-from blas_core import coretype, loaded_core  # noqa: E402
+from torch_env import coretype, loaded_core, use_retained_malloc  # noqa: E402
+
+use_retained_malloc()
 # Before torch (and the OpenBLAS it loads) is imported.
 if ARGS.threads > 0:
     os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
@@ -252,6 +259,7 @@ def main():
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "blas_core": loaded_core(),
+        "malloc_mmap_max": os.environ.get("MALLOC_MMAP_MAX_", ""),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "blas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT", ""),
         "mode": args.mode,
