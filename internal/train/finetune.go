@@ -201,11 +201,7 @@ func (t *Trainer) validateDownstream() error {
 			return fmt.Errorf("validation at step %d: %s: %w", t.step, s.name, err)
 		}
 		metrics := t.down.Metrics(ev)
-		row := Row{{"step", t.step}, {"split", s.name}, {"task", t.down.Name()}}
-		for _, name := range sortedKeys(metrics) {
-			row = append(row, Field{name, metrics[name]})
-		}
-		if err := t.metrics.Write(row); err != nil {
+		if err := t.writeValRow(s.name, t.down.Name(), metrics); err != nil {
 			return err
 		}
 		summary = append(summary, fmt.Sprintf("%s %s", s.name, formatMetrics(metrics)))

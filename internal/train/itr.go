@@ -238,11 +238,7 @@ func (t *Trainer) validateITR(task *tasks.ITR) error {
 		if err != nil {
 			return fmt.Errorf("validation at step %d: %s: %w", t.step, s.name, err)
 		}
-		row := Row{{"step", t.step}, {"split", s.name}, {"task", "itr"}}
-		for _, name := range sortedKeys(res.Metrics) {
-			row = append(row, Field{name, res.Metrics[name]})
-		}
-		if err := t.metrics.Write(row); err != nil {
+		if err := t.writeValRow(s.name, "itr", res.Metrics); err != nil {
 			return err
 		}
 		summary = append(summary, fmt.Sprintf("%s %s", s.name, formatMetrics(res.Metrics)))

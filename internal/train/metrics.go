@@ -9,8 +9,9 @@ import (
 	"uniter/internal/atomicfile"
 )
 
-// Row is one line of log/metrics.jsonl: named values in a fixed order, so
-// that the file reads the same way every run.
+// Row is a JSON object whose fields keep their order: one line of
+// log/metrics.jsonl, so that the file reads the same way every run (and
+// the refer annotations `data txtdb` rebuilds in their pickled order).
 type Row []Field
 
 // Field is one named value of a Row.
@@ -30,7 +31,7 @@ func (r Row) MarshalJSON() ([]byte, error) {
 		k, _ := json.Marshal(f.Key)
 		v, err := json.Marshal(f.Value)
 		if err != nil {
-			return nil, fmt.Errorf("metrics field %s: %w", f.Key, err)
+			return nil, fmt.Errorf("field %s: %w", f.Key, err)
 		}
 		b.Write(k)
 		b.WriteByte(':')
@@ -38,6 +39,16 @@ func (r Row) MarshalJSON() ([]byte, error) {
 	}
 	b.WriteByte('}')
 	return b.Bytes(), nil
+}
+
+// Get returns the value of key.
+func (r Row) Get(key string) (any, bool) {
+	for _, f := range r {
+		if f.Key == key {
+			return f.Value, true
+		}
+	}
+	return nil, false
 }
 
 // Record is a metrics.jsonl row read back.

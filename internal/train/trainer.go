@@ -599,11 +599,7 @@ func (t *Trainer) validate() error {
 		}
 		for _, task := range v.tasks {
 			key := task + "_" + v.name
-			row := Row{{"step", t.step}, {"split", "val"}, {"task", key}}
-			for _, name := range sortedKeys(res[task]) {
-				row = append(row, Field{name, res[task][name]})
-			}
-			if err := t.metrics.Write(row); err != nil {
+			if err := t.writeValRow("val", key, res[task]); err != nil {
 				return err
 			}
 			summary = append(summary, fmt.Sprintf("%s %s", key, formatMetrics(res[task])))
@@ -729,6 +725,16 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// writeValRow appends a validation's metrics to log/metrics.jsonl: the
+// step, split and task, then the metrics by name.
+func (t *Trainer) writeValRow(split, task string, metrics map[string]float64) error {
+	row := Row{{"step", t.step}, {"split", split}, {"task", task}}
+	for _, name := range sortedKeys(metrics) {
+		row = append(row, Field{name, metrics[name]})
+	}
+	return t.metrics.Write(row)
 }
 
 // formatMetrics renders metrics as "name value" pairs, n last.

@@ -176,11 +176,7 @@ func (t *Trainer) validateVCRFinal() error {
 		return fmt.Errorf("final validation at step %d: %w", t.step, err)
 	}
 	metrics := t.down.Metrics(ev)
-	row := Row{{"step", t.step}, {"split", "val_final"}, {"task", t.down.Name()}}
-	for _, name := range sortedKeys(metrics) {
-		row = append(row, Field{name, metrics[name]})
-	}
-	if err := t.metrics.Write(row); err != nil {
+	if err := t.writeValRow("val_final", t.down.Name(), metrics); err != nil {
 		return err
 	}
 	if t.world.Rank == 0 {
