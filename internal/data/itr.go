@@ -169,12 +169,15 @@ func (s *ITRSet) ImageTexts(j int) []int { return s.imgTexts[j] }
 func (s *ITRSet) BatchExamples() int { return max(1, s.opts.ITR.BatchExamples) }
 
 // Lens gives every example length 1: retrieval batches count examples.
-func (s *ITRSet) Lens(string, int) ([]int, error) {
-	out := make([]int, len(s.ids))
+func (s *ITRSet) Lens(string, int) ([]int, error) { return unitLens(s.Len()), nil }
+
+// unitLens is n lengths of 1.
+func unitLens(n int) []int {
+	out := make([]int, n)
 	for i := range out {
 		out[i] = 1
 	}
-	return out, nil
+	return out
 }
 
 // RowsPerExample is the number of collated rows of a plain example.
@@ -185,22 +188,10 @@ func (s *ITRSet) RowsPerExample() int {
 	return 1 + 2*s.opts.ITR.NegSize
 }
 
-// Build returns the loader's build function for training batches.
-func (s *ITRSet) Build(string) BuildFunc[*Batch] {
-	return func(ctx context.Context, j Job) (*Batch, error) {
-		var rows [][]*Example
-		for _, i := range j.Indices {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			r, err := s.Rows(j.Pos.Epoch, i)
-			if err != nil {
-				return nil, err
-			}
-			rows = append(rows, r)
-		}
-		return CollateITR(rows, s.imgDim, s.opts.ITR.HardNeg)
-	}
+// Build returns the loader's build function for training batches: that
+// of the set alone as an ITRConcat.
+func (s *ITRSet) Build(key string) BuildFunc[*Batch] {
+	return NewITRConcat([]*ITRSet{s}).Build(key)
 }
 
 // CollateITR makes a training batch of examples' rows: collated (plain),
@@ -385,13 +376,7 @@ func (c *ITRConcat) Len() int { return c.starts[len(c.starts)-1] + c.Sets[len(c.
 func (c *ITRConcat) BatchExamples() int { return c.Sets[0].BatchExamples() }
 
 // Lens gives every example length 1.
-func (c *ITRConcat) Lens(key string, epoch int) ([]int, error) {
-	out := make([]int, c.Len())
-	for i := range out {
-		out[i] = 1
-	}
-	return out, nil
-}
+func (c *ITRConcat) Lens(string, int) ([]int, error) { return unitLens(c.Len()), nil }
 
 // Build returns the loader's build function.
 func (c *ITRConcat) Build(string) BuildFunc[*Batch] {
