@@ -14,47 +14,13 @@ import (
 	"github.com/nlpodyssey/gopickle/types"
 
 	"uniter/internal/data"
+	"uniter/internal/train"
 )
 
 // jsonObject is a JSON object that keeps its keys' order, as Python's
-// json.dump writes a dict (a pickled ref's keys, the fields of images.json).
-type jsonObject []jsonField
-
-type jsonField struct {
-	key string
-	val any
-}
-
-// MarshalJSON writes the fields in order.
-func (o jsonObject) MarshalJSON() ([]byte, error) {
-	var b bytes.Buffer
-	b.WriteByte('{')
-	for i, f := range o {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		k, _ := json.Marshal(f.key)
-		b.Write(k)
-		b.WriteByte(':')
-		v, err := json.Marshal(f.val)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", f.key, err)
-		}
-		b.Write(v)
-	}
-	b.WriteByte('}')
-	return b.Bytes(), nil
-}
-
-// get returns the value of key.
-func (o jsonObject) get(key string) (any, bool) {
-	for _, f := range o {
-		if f.key == key {
-			return f.val, true
-		}
-	}
-	return nil, false
-}
+// json.dump writes a dict (a pickled ref's keys, the fields of
+// images.json): the ordered row the metrics log writes.
+type jsonObject = train.Row
 
 // fromPickle turns an unpickled value into plain JSON-able Go values:
 // dicts become jsonObjects (string keys, pickled order), lists and tuples
@@ -80,7 +46,7 @@ func fromPickle(v any, where string) (any, error) {
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, jsonField{k, val})
+			out = append(out, train.Field{Key: k, Value: val})
 		}
 		return out, nil
 	case *types.List:
@@ -137,7 +103,7 @@ func pyValue(v any) any {
 
 // intOf is an integer field of a pickled ref or sentence.
 func intOf(o jsonObject, key, where string) (int64, error) {
-	v, ok := o.get(key)
+	v, ok := o.Get(key)
 	if !ok {
 		return 0, fmt.Errorf("%s: no %q", where, key)
 	}
@@ -183,7 +149,7 @@ func (o rawObject) pick(keys ...string) jsonObject {
 		if !ok {
 			v = json.RawMessage("null")
 		}
-		out = append(out, jsonField{k, v})
+		out = append(out, train.Field{Key: k, Value: v})
 	}
 	return out
 }
@@ -232,7 +198,7 @@ func reExamples(o txtdbOpts, tok *data.Tokenizer, sideFiles map[string]any) ([]t
 		if !ok {
 			return nil, "", fmt.Errorf("data txtdb: %s is a %T, want a dict", where, r)
 		}
-		s, _ := ref.get("split")
+		s, _ := ref.Get("split")
 		sp, _ := s.(string)
 		splits[sp]++
 		if sp != split {
@@ -327,14 +293,14 @@ func reExamples(o txtdbOpts, tok *data.Tokenizer, sideFiles map[string]any) ([]t
 			annIDs = []int64{}
 		}
 		obj := im.pick("id", "file_name")
-		obj = append(obj, jsonField{"ann_ids", annIDs})
+		obj = append(obj, train.Field{Key: "ann_ids", Value: annIDs})
 		obj = append(obj, im.pick("height", "width")...)
 		images = append(images, obj)
 	}
 
 	var out []txtExample
 	for _, ref := range refs {
-		rid, _ := ref.get("ref_id")
+		rid, _ := ref.Get("ref_id")
 		where := fmt.Sprintf("%s: ref_id %v", o.refs, rid)
 		refID, err := intOf(ref, "ref_id", where)
 		if err != nil {
@@ -349,7 +315,7 @@ func reExamples(o txtdbOpts, tok *data.Tokenizer, sideFiles map[string]any) ([]t
 		if !ok {
 			return nil, "", fmt.Errorf("data txtdb: %s: ann_id %d is not an annotation of image %d in %s", where, annID, imageID, o.instances)
 		}
-		sv, _ := ref.get("sentences")
+		sv, _ := ref.Get("sentences")
 		sents, ok := sv.([]any)
 		if !ok {
 			return nil, "", fmt.Errorf("data txtdb: %s: \"sentences\" is %v, want a list", where, sv)
@@ -364,7 +330,7 @@ func reExamples(o txtdbOpts, tok *data.Tokenizer, sideFiles map[string]any) ([]t
 			if err != nil {
 				return nil, "", fmt.Errorf("data txtdb: %w", err)
 			}
-			tv, _ := sent.get("sent")
+			tv, _ := sent.Get("sent")
 			text, ok := tv.(string)
 			if !ok {
 				return nil, "", fmt.Errorf("data txtdb: %s: \"sent\" is %v, want a string", sw, tv)
