@@ -116,15 +116,11 @@ func EvaluateITR(ctx context.Context, task *tasks.ITR, ds *data.ITRSet, o ITREva
 				return nil, err
 			}
 			gt := ds.GT(i)
-			rows := make([]*data.Example, o.Candidates)
-			for k := range rows {
-				ex, err := ds.Pair(i, (gt+k)%ni)
-				if err != nil {
-					return nil, err
-				}
-				rows[k] = ex
+			imgs := make([]int, o.Candidates)
+			for k := range imgs {
+				imgs[k] = (gt + k) % ni
 			}
-			scores, err := task.ScoreRows(rows)
+			scores, err := scoreText(task, ds, i, imgs)
 			if err != nil {
 				return nil, err
 			}
@@ -164,15 +160,7 @@ func EvaluateITR(ctx context.Context, task *tasks.ITR, ds *data.ITRSet, o ITREva
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		rows := make([]*data.Example, ni)
-		for c, j := range cols {
-			ex, err := ds.Pair(i, j)
-			if err != nil {
-				return nil, err
-			}
-			rows[c] = ex
-		}
-		s, err := task.ScoreRows(rows)
+		s, err := scoreText(task, ds, i, cols)
 		if err != nil {
 			return nil, err
 		}
@@ -182,6 +170,20 @@ func EvaluateITR(ctx context.Context, task *tasks.ITR, ds *data.ITRSet, o ITREva
 		}
 	}
 	return ITRRanking(ds, cols, scores), nil
+}
+
+// scoreText scores text i of ds against the images imgs, one row each
+// (the pairwise way, without the full ranking's shared embeddings).
+func scoreText(task *tasks.ITR, ds *data.ITRSet, i int, imgs []int) ([]float32, error) {
+	rows := make([]*data.Example, len(imgs))
+	for k, j := range imgs {
+		ex, err := ds.Pair(i, j)
+		if err != nil {
+			return nil, err
+		}
+		rows[k] = ex
+	}
+	return task.ScoreRows(rows)
 }
 
 // ITRColumns is the image order of the full ranking: by region count,
