@@ -239,6 +239,15 @@ def collate(rows):
 # --------------------------------------------------------------------------
 # model helpers
 # --------------------------------------------------------------------------
+def fixture_dir(root, name, seed):
+    """A fresh directory root/name and the fixture's numpy and torch
+    generators, both seeded with seed."""
+    out_dir = os.path.join(root, name)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    return out_dir, np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+
+
 def randomize_model(model, g):
     fr.randomize_(model, g, std=0.2)
     # fine-tuning never uses img_masks; row 0 stays as pretraining left it
@@ -297,11 +306,7 @@ VQA_QUESTIONS = [  # (question_id, image index, number of word pieces)
 
 
 def gen_vqa(root, seed=VQA_SEED):
-    out_dir = os.path.join(root, "vqa_official")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.makedirs(out_dir)
-    rng = np.random.default_rng(seed)
-    g = torch.Generator().manual_seed(seed)
+    out_dir, rng, g = fixture_dir(root, "vqa_official", seed)
     ans2label = {a: i for i, a in enumerate(ANSWERS)}
     label2ans = {i: a for a, i in ans2label.items()}
 
@@ -427,11 +432,7 @@ NLVR2_WRONG = {"dev-2-0-0", "dev-2-1-0"}
 
 
 def gen_nlvr2(root, seed=NLVR2_SEED):
-    out_dir = os.path.join(root, "nlvr2_official")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.makedirs(out_dir)
-    rng = np.random.default_rng(seed)
-    g = torch.Generator().manual_seed(seed)
+    out_dir, rng, g = fixture_dir(root, "nlvr2_official", seed)
 
     cfg = UniterConfig.from_dict(dict(MODEL_JSON))
     model = fr.UniterForNlvr2PairedAttn(cfg, IMG_DIM)
@@ -573,11 +574,7 @@ def itm_eval_official(score, txt_ids, img_ids, txt2img, img2txts):
 
 
 def gen_itr(root, seed=ITR_SEED):
-    out_dir = os.path.join(root, "itr_official")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.makedirs(out_dir)
-    rng = np.random.default_rng(seed)
-    g = torch.Generator().manual_seed(seed)
+    out_dir, rng, g = fixture_dir(root, "itr_official", seed)
     cfg = UniterConfig.from_dict(dict(MODEL_JSON))
     model = UniterForImageTextRetrieval(cfg, IMG_DIM)
     randomize_model(model, g)
@@ -718,11 +715,7 @@ RE_SEED = 4
 
 
 def gen_re(root, seed=RE_SEED):
-    out_dir = os.path.join(root, "re_official")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.makedirs(out_dir)
-    rng = np.random.default_rng(seed)
-    g = torch.Generator().manual_seed(seed)
+    out_dir, rng, g = fixture_dir(root, "re_official", seed)
     cfg = UniterConfig.from_dict(dict(MODEL_JSON))
     model = UniterForReferringExpressionComprehension(cfg, IMG_DIM, mlp=2)
     randomize_model(model, g)
@@ -898,11 +891,7 @@ def vcr_row(q, a, r=None):
 
 def gen_vcr(root, seed=VCR_SEED):
     import vcr_ref
-    out_dir = os.path.join(root, "vcr_official")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.makedirs(out_dir)
-    rng = np.random.default_rng(seed)
-    g = torch.Generator().manual_seed(seed)
+    out_dir, rng, g = fixture_dir(root, "vcr_official", seed)
     cfg = UniterConfig.from_dict(dict(MODEL_JSON))
     model = vcr_ref.UniterForVCR(cfg, IMG_DIM)
     model.init_type_embedding()
