@@ -73,6 +73,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from uniter_ref import UniterConfig, get_gather_index  # noqa: E402
 import finetune_ref as fr  # noqa: E402
+from finetune_ref import put  # noqa: E402
 
 msgpack_numpy.patch()
 
@@ -270,10 +271,6 @@ def load_rounded(model, sd16):
 def write_model_json(path):
     with open(path, "w") as f:
         json.dump(MODEL_JSON, f, indent=4)
-
-
-def put(out, key, v):
-    fr.put(out, key, v)
 
 
 def remove_locks(root):

@@ -36,11 +36,15 @@ Writes testdata/finetune/itr.pt (run from anywhere):
   init/itm_weight [2, 16], init/itm_bias [2]: init_output's source
 """
 import os
+import sys
 
 import torch
 from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from finetune_ref import put  # noqa: E402
+
 OUT = os.path.join(HERE, "..", "testdata", "finetune", "itr.pt")
 H = 16
 MARGIN = 0.2
@@ -56,14 +60,6 @@ def rank_loss(rank_scores, sample_size, margin=MARGIN):
 def hard_indices(scores, hard_size):
     idx = scores.squeeze(-1)[1:].topk(hard_size, sorted=False)[1] + 1
     return torch.cat([torch.zeros(1, dtype=torch.long), idx])
-
-
-def put(out, key, v):
-    v = v.detach()
-    v = v.float() if v.is_floating_point() else v.long()
-    if v.dim() == 0:
-        v = v.reshape(1)
-    out[key] = v.clone().contiguous()
 
 
 def main():
